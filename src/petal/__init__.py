@@ -1,0 +1,43 @@
+"""petal: TensorFlow's image-classification tutorial as a tool.
+
+    import petal
+    folder = petal.index_folder("flower_photos")              # Keras's file order
+    split = petal.split_folder(folder, val_split=0.2, seed=123) # the tutorial's split
+    result = petal.train(petal.TrainConfig("flower_photos", model="tutorial-augmented"), "runs/aug")
+    petal.export_litert("runs/aug")
+    for p in petal.Predictor.load("runs/aug/export/model-float32.tflite").predict(["rose.jpg"]):
+        print(p.sentence())
+
+Names are imported on first use, so `petal.Predictor` on a `.tflite` never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "decode_image": "petal.image",
+    "index_folder": "petal.data",
+    "split_folder": "petal.data",
+    "TrainConfig": "petal.config",
+    "RunFolder": "petal.run",
+    "list_models": "petal.models",
+    "create_model": "petal.models",
+    "register_model": "petal.models",
+    "train": "petal.train",
+    "prepare_data": "petal.train",
+    "export_litert": "petal.export",
+    "Predictor": "petal.predict",
+    "read_metadata": "petal.metadata",
+    "PetalError": "petal.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'petal' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from petal.cli import main
+
+raise SystemExit(main())

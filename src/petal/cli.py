@@ -1,0 +1,243 @@
+"""The `petal` command: parses arguments, calls the API, turns PetalError into one line and exit 2.
+
+Heavy modules are imported inside each command, so `petal predict model.tflite` never loads
+TensorFlow and a missing extra is reported in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from petal.errors import MissingDependencyError, PetalError
+
+log = logging.getLogger("petal")
+
+EXIT_ERROR = 2  # the command could not do its job
+EXIT_PARTIAL = 1  # it did, but some inputs failed (e.g. unreadable images given to predict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    logging.getLogger("absl").setLevel(logging.ERROR)  # TensorFlow's SavedModel chatter during export
+    try:
+        return args.handler(args) or 0
+    except PetalError as exc:
+        print(f"petal: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("petal: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petal", description="Image classification from a folder of photos, the tutorial way and better.")
+    parser.add_argument("--version", action="version", version=f"petal {_version()}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="summarise a folder of class sub-folders and save a sample grid")
+    data.add_argument("data_dir", metavar="DIR")
+    _add_split_options(data)
+    data.add_argument("--grid", type=Path, help="where to save the 3x3 sample grid (default: DIR-NAME-samples.png here)")
+    data.set_defaults(handler=cmd_data)
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'tutorial*'")
+    models.set_defaults(handler=cmd_models)
+
+    train = commands.add_parser("train", help="train a model and write a run folder")
+    train.add_argument("data_dir", metavar="DIR")
+    _add_train_options(train)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    train.set_defaults(handler=cmd_train)
+
+    export = commands.add_parser("export", help="convert a run's model to LiteRT and check it against Keras")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.set_defaults(handler=cmd_export)
+
+    predict = commands.add_parser("predict", help="classify images with a run folder or a .tflite file")
+    predict.add_argument("model", metavar="MODEL", help="a run folder or a .tflite written by petal export")
+    predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.set_defaults(handler=cmd_predict)
+
+    demo = commands.add_parser("demo", help="the whole workflow (data, train, export, predict) on the bundled sample")
+    demo.add_argument("--data", dest="data_dir", help="a folder of class sub-folders (default: the bundled flower sample)")
+    _add_train_options(demo, epochs_default=10)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _add_split_options(parser):
+    parser.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation (default 0.2)")
+    parser.add_argument("--seed", type=int, default=123, help="seed of the split and of training (default 123)")
+    parser.add_argument(
+        "--split", dest="split_method", choices=("keras", "stratified"), default="keras",
+        help="'keras': the files image_dataset_from_directory picks (default); 'stratified': the same fraction of every class",
+    )
+
+
+def _add_train_options(parser, epochs_default: int = 15):
+    _add_split_options(parser)
+    parser.add_argument("--model", default=None, help="a name from `petal models` (default: tutorial-augmented)")
+    parser.add_argument("--epochs", type=int, default=epochs_default)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, nargs=2, default=(180, 180), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--learning-rate", type=float, default=0.001)
+    parser.add_argument("--cache-dir", help="decode cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
+    parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
+
+
+def cmd_data(args) -> int:
+    data = _import("petal.data", "petal data")
+    image = _import("petal.image", "petal data")
+    plots = _import("petal.plots", "petal data")
+    folder = data.index_folder(args.data_dir)
+    split = data.split_folder(folder, args.val_split, args.seed, args.split_method)
+    print(f"Found {len(folder)} files belonging to {len(folder.class_names)} classes.")
+    width = max(len(name) for name in folder.class_names)
+    for name, count in folder.counts().items():
+        print(f"  {name:<{width}}  {count:>7,}")
+    print(
+        f"Using {len(split.train)} files for training and {len(split.validation)} for validation "
+        f"({split.method} split, validation fraction {split.val_split}, seed {split.seed})."
+    )
+    grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.png")
+    images, titles = [], []
+    for path, label in zip(split.train.paths, split.train.labels):
+        try:
+            images.append(image.decode_image(folder.absolute(path), (180, 180)))
+        except PetalError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        titles.append(folder.class_names[label])
+        if len(images) == 9:
+            break
+    plots.save_image_grid(images, titles, grid_path)
+    print(f"Sample grid: {grid_path}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    models = _import("petal.models", "petal models")
+    entries = models.list_models(args.pattern)
+    width = max((len(e.name) for e in entries), default=0)
+    for entry in entries:
+        default = " (default)" if entry.name == models.DEFAULT_MODEL else ""
+        print(f"{entry.name:<{width}}  {entry.description}{default}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    result = _train(args, args.data_dir)
+    print(f"Run folder: {result.run.path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    export = _import("petal.export", "petal export")
+    result = export.export_litert(args.run_dir, progress=_progress_bar())
+    p = result.parity
+    print(
+        f"LiteRT float32 vs Keras on {p.images} validation images: top-1 agreement {p.top1_agreement:.2%}, "
+        f"max |logit difference| {p.max_abs_logit_diff:.2e}, accuracy {p.litert_accuracy:.4f} (Keras {p.keras_accuracy:.4f})"
+    )
+    print(f"Wrote {result.path} ({p.file_bytes / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    predict = _import("petal.predict", "petal predict")
+    predictor = predict.Predictor.load(args.model)
+    failed = 0
+    for result in predictor.predict(args.images, top_k=args.top_k):
+        if isinstance(result, predict.PredictionError):
+            print(f"petal: error: {result.source}: {result.reason}", file=sys.stderr)
+            failed += 1
+            continue
+        print(result.sentence())
+        print("  top {}: {}".format(len(result.top), ", ".join(f"{name} {100 * p:.2f}%" for name, p in result.top)))
+    if failed == len(args.images):
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failed else 0
+
+
+def cmd_demo(args) -> int:
+    """data -> train -> export -> predict, each step printed as the tutorial does it."""
+    from petal.sample_data import sample_folder
+
+    data_dir = args.data_dir or str(sample_folder())
+    print(f"== 1/4 data: {data_dir}")
+    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None}))
+    print("== 2/4 train")
+    result = _train(args, data_dir)
+    print("== 3/4 export")
+    cmd_export(argparse.Namespace(run_dir=result.run.path))
+    print("== 4/4 predict (three validation images, through the .tflite)")
+    validation = result.run.split("validation")
+    images = [validation.absolute(p) for p in validation.paths[:3]]
+    cmd_predict(argparse.Namespace(model=result.run.export_dir / "model-float32.tflite", images=images, top_k=3))
+    print(f"Run folder: {result.run.path}  (curves.png, diagnosis.json, samples.png, export/)")
+    return 0
+
+
+def _train(args, data_dir):
+    config_module = _import("petal.config", "petal train")
+    train = _import("petal.train", "petal train")
+    models = _import("petal.models", "petal train")
+    model = args.model or models.DEFAULT_MODEL
+    models.get_model_entry(model)
+    config = config_module.TrainConfig(
+        data_dir=str(Path(data_dir).resolve()),
+        model=model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=tuple(args.image_size),
+        val_split=args.val_split,
+        seed=args.seed,
+        split_method=args.split_method,
+        learning_rate=args.learning_rate,
+        cache_dir=args.cache_dir,
+    )
+    out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in a log
+    result = train.train(config, out, resume=getattr(args, "resume", False), verbose=verbose, progress=_progress_bar())
+    print(f"Diagnosis: {result.diagnosis['verdict']}")
+    return result
+
+
+def _progress_bar():
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return lambda iterable, total: tqdm(iterable, total=total, unit="img", desc="decoding", leave=False)
+
+
+def _import(module: str, feature: str):
+    """Import a module that needs the [train] extra, or say in one line how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc.name or "a dependency"
+        if missing.split(".")[0] in ("tensorflow", "keras", "matplotlib", "tqdm"):
+            raise MissingDependencyError(feature, "train", missing.split(".")[0]) from None
+        raise
+
+
+def _version() -> str:
+    from petal import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

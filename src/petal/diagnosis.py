@@ -1,0 +1,50 @@
+"""Read a training history the way the tutorial reads its curves, and say it in one plain sentence."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Validation loss must rise this much above its minimum before we call it overfitting,
+# so that epoch-to-epoch noise on a small validation set is not reported as a trend.
+RISE_TOLERANCE = 0.05
+
+
+def diagnose(history: dict[str, list[float]]) -> dict:
+    """Return train-val gap, the epoch of lowest validation loss and a verdict (epochs count from 1)."""
+    loss, val_loss = np.asarray(history["loss"]), np.asarray(history["val_loss"])
+    acc, val_acc = np.asarray(history["accuracy"]), np.asarray(history["val_accuracy"])
+    epochs = len(loss)
+    best = int(np.argmin(val_loss))  # 0-based
+    gap = float(acc[-1] - val_acc[-1])
+    rose = val_loss[-1] > val_loss[best] * (1 + RISE_TOLERANCE)
+    train_fell = loss[-1] < loss[best]
+    if best < epochs - 1 and rose and train_fell:
+        verdict = (
+            f"overfitting from epoch {best + 2}: validation loss rose while training loss fell "
+            f"(lowest validation loss {val_loss[best]:.3f} at epoch {best + 1}, {val_loss[-1]:.3f} at the end; "
+            f"train-validation accuracy gap {gap:+.3f})"
+        )
+        status = "overfitting"
+    elif best == epochs - 1:
+        verdict = (
+            f"still improving: validation loss was lowest at the last epoch ({epochs}); more epochs may help "
+            f"(train-validation accuracy gap {gap:+.3f})"
+        )
+        status = "improving"
+    else:
+        verdict = (
+            f"no clear overfitting: validation loss is within {RISE_TOLERANCE:.0%} of its lowest "
+            f"(epoch {best + 1}); train-validation accuracy gap {gap:+.3f}"
+        )
+        status = "plateau"
+    return {
+        "status": status,
+        "verdict": verdict,
+        "epochs": epochs,
+        "best_epoch": best + 1,
+        "best_val_loss": float(val_loss[best]),
+        "best_val_accuracy": float(val_acc.max()),
+        "final_accuracy": float(acc[-1]),
+        "final_val_accuracy": float(val_acc[-1]),
+        "train_val_accuracy_gap": gap,
+    }

@@ -1,0 +1,41 @@
+"""Exceptions petal raises. The CLI turns each into one line and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class PetalError(Exception):
+    """Base class: anything the user can fix by changing input, flags or environment."""
+
+
+class DataError(PetalError):
+    """The image folder cannot be used as given (layout, no images, a single class)."""
+
+
+class ImageError(PetalError):
+    """One image file cannot be decoded; carries the path so messages name the file."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ConfigError(PetalError):
+    """A setting is out of range or names something that does not exist."""
+
+
+class RunFolderError(PetalError):
+    """A run folder is missing, incomplete, or would be overwritten."""
+
+
+class ExportError(PetalError):
+    """Conversion failed or the exported model disagrees with the Keras model."""
+
+
+class MissingDependencyError(PetalError):
+    """An optional extra is not installed; the message says which pip command adds it."""
+
+    def __init__(self, feature: str, extra: str, module: str):
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: pip install 'petal[{extra}]'"
+        )

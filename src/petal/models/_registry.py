@@ -1,0 +1,62 @@
+"""The model registry: builders registered by name, listed by pattern, created by name."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+from petal.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registry builder returns.
+
+    `classifier` maps float32 images with values 0..255 to class logits; it is what gets saved,
+    exported and served. `augmentation` runs only in the training input pipeline, so no random
+    op ever reaches an exported graph.
+    """
+
+    classifier: "keras.Model"  # noqa: F821 - keras is imported by the builders
+    augmentation: "keras.Sequential | None" = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    builder: Callable[..., ModelSpec]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str):
+    """Decorator: `@register_model("tutorial", "...")` on `builder(num_classes, image_size) -> ModelSpec`."""
+
+    def decorate(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model name registered twice: {name}")
+        _REGISTRY[name] = ModelEntry(name, description, builder)
+        return builder
+
+    return decorate
+
+
+def list_models(pattern: str = "*") -> list[ModelEntry]:
+    return [entry for name, entry in sorted(_REGISTRY.items()) if fnmatch.fnmatch(name, pattern)]
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        valid = sorted(_REGISTRY)
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown model; valid names: {', '.join(valid)}.{hint} Received: model={name!r}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
+    return get_model_entry(name).builder(num_classes=num_classes, image_size=tuple(image_size))

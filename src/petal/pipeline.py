@@ -1,0 +1,64 @@
+"""tf.data input pipelines over the decode cache: shuffle, batch, augment, prefetch.
+
+Images stay in their memory-mapped shards; only index arrays live in memory, so a folder of a
+million photos streams through the same code as flower_photos. The shuffle order of epoch `e` is a
+function of (seed, e) alone, so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from petal.cache import CachedImages
+
+
+class EpochOrder:
+    """Yields one epoch of index batches per call; `tf.data.Dataset.from_generator` calls it once per epoch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int | None, start_epoch: int = 0):
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed  # None: keep the files in order (validation)
+        self.epoch = start_epoch
+
+    def __call__(self):
+        if self.seed is None:
+            order = np.arange(self.size)
+        else:
+            order = np.random.RandomState((self.seed + self.epoch) % 2**32).permutation(self.size)
+        self.epoch += 1
+        for start in range(0, self.size, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+def make_dataset(
+    images: CachedImages,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    start_epoch: int = 0,
+    augmentation=None,
+) -> tf.data.Dataset:
+    """Batches of (float32 images in 0..255, int32 labels), the model's input contract."""
+    order = EpochOrder(len(images), batch_size, shuffle_seed, start_epoch)
+    height, width = images.image_size
+    labels = images.labels
+
+    def load(positions):
+        return images.gather(positions), labels[positions]
+
+    def to_tensors(positions):
+        batch, batch_labels = tf.numpy_function(load, [positions], [tf.uint8, tf.int32], stateful=False)
+        batch.set_shape([None, height, width, 3])
+        batch_labels.set_shape([None])
+        return tf.cast(batch, tf.float32), batch_labels
+
+    ds = tf.data.Dataset.from_generator(order, output_signature=tf.TensorSpec([None], tf.int64))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(images) // batch_size)))  # Keras can show steps
+    ds = ds.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augmentation is not None:
+        ds = ds.map(
+            lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
