@@ -7,10 +7,12 @@ TensorFlow and a missing extra is reported in one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -156,7 +158,8 @@ def cmd_export(args) -> int:
 
 def cmd_predict(args) -> int:
     predict = _import("petal.predict", "petal predict")
-    predictor = predict.Predictor.load(args.model)
+    with _native_log_silenced():
+        predictor = predict.Predictor.load(args.model)
     failed = 0
     for result in predictor.predict(args.images, top_k=args.top_k):
         if isinstance(result, predict.PredictionError):
@@ -225,12 +228,33 @@ def _progress_bar():
 def _import(module: str, feature: str):
     """Import a module that needs the [train] extra, or say in one line how to get it."""
     try:
-        return importlib.import_module(module)
+        with _native_log_silenced() if "tensorflow" not in sys.modules else contextlib.nullcontext():
+            return importlib.import_module(module)
     except ImportError as exc:
-        missing = exc.name or "a dependency"
-        if missing.split(".")[0] in ("tensorflow", "keras", "matplotlib", "tqdm"):
-            raise MissingDependencyError(feature, "train", missing.split(".")[0]) from None
+        missing = (exc.name or "").split(".")[0]
+        if missing in ("tensorflow", "keras", "matplotlib", "tqdm"):
+            raise MissingDependencyError(feature, "train", missing) from None
         raise
+
+
+@contextlib.contextmanager
+def _native_log_silenced():
+    """Hide what native code prints to fd 2 while TensorFlow or LiteRT loads (oneDNN, absl and
+    XNNPACK notices, which no environment variable silences in TF 2.21); replay it on failure."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _version() -> str:

@@ -73,7 +73,7 @@ def open_rgb(
         except Image.UnidentifiedImageError:
             raise ImageError(name, "not an image: Pillow cannot identify the file's format") from None
         except Exception as exc:
-            raise ImageError(name, f"cannot open image ({type(exc).__name__}: {exc})") from None
+            raise ImageError(name, f"cannot decode image ({type(exc).__name__}: {exc})") from None
         if img.format not in PILLOW_FORMATS:
             raise ImageError(name, f"unsupported image format {img.format}; supported: JPEG, PNG, GIF, BMP, WebP, TIFF")
     pixels = img.width * img.height

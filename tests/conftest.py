@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Colour-coded classes: easy enough that a CNN learns them in an epoch or two.
+CLASS_COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40)}
+
+
+def make_image(path: Path, colour, size=(40, 52), seed=0, fmt=None) -> Path:
+    """A noisy image of one dominant colour, written in the format the suffix (or `fmt`) names."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-40, 40, size=(size[1], size[0], 3))
+    pixels = np.clip(np.asarray(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def make_folder(root: Path, per_class: int = 10, suffixes=(".jpg", ".png")) -> Path:
+    for c, (name, colour) in enumerate(CLASS_COLOURS.items()):
+        for i in range(per_class):
+            make_image(root / name / f"img_{i:03d}{suffixes[i % len(suffixes)]}", colour, seed=100 * c + i)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "photos")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own decode cache, never the user's."""
+    monkeypatch.setenv("PETAL_CACHE_DIR", str(tmp_path / "decode-cache"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("CI") == "true" and os.environ.get("PETAL_SLOW_TESTS") != "1":
+        skip = pytest.mark.skip(reason="slow; set PETAL_SLOW_TESTS=1 to run under CI")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)

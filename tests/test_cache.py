@@ -1,0 +1,61 @@
+import logging
+
+import numpy as np
+
+from conftest import make_image
+from petal.cache import DecodeCache
+from petal.data import index_folder
+from petal.image import decode_image
+
+
+def test_second_load_decodes_nothing_and_serves_the_same_pixels(tmp_path, image_folder, caplog):
+    folder = index_folder(image_folder)
+    cache = DecodeCache(tmp_path / "c", (16, 16))
+    first = cache.load(folder)
+    with caplog.at_level(logging.INFO, logger="petal.cache"):
+        second = DecodeCache(tmp_path / "c", (16, 16)).load(folder)
+
+    assert first.decoded == len(folder) and second.decoded == 0
+    assert "decoded 0 images, 30 read from the decode cache" in caplog.text
+    np.testing.assert_array_equal(second.gather(np.arange(len(second))), first.gather(np.arange(len(first))))
+
+
+def test_cached_pixels_are_exactly_what_decode_image_returns(tmp_path, image_folder):
+    folder = index_folder(image_folder)
+    images = DecodeCache(tmp_path / "c", (16, 20)).load(folder)
+    for position in (0, 7, len(images) - 1):
+        expected = decode_image(folder.absolute(images.paths[position]), (16, 20))
+        np.testing.assert_array_equal(images.gather([position])[0], expected)
+
+
+def test_a_changed_file_is_decoded_again(tmp_path, image_folder):
+    folder = index_folder(image_folder)
+    DecodeCache(tmp_path / "c", (16, 16)).load(folder)
+    make_image(image_folder / folder.paths[0], (1, 2, 3), seed=999)
+    assert DecodeCache(tmp_path / "c", (16, 16)).load(folder).decoded == 1
+
+
+def test_another_image_size_is_another_cache(tmp_path, image_folder):
+    folder = index_folder(image_folder)
+    DecodeCache(tmp_path / "c", (16, 16)).load(folder)
+    assert DecodeCache(tmp_path / "c", (20, 20)).load(folder).decoded == len(folder)
+
+
+def test_undecodable_files_are_left_out_with_their_reason(tmp_path, image_folder):
+    (image_folder / "red" / "broken.jpg").write_text("not a jpeg")
+    (image_folder / "blue" / "empty.png").write_bytes(b"")
+    folder = index_folder(image_folder)
+
+    images = DecodeCache(tmp_path / "c", (16, 16)).load(folder)
+
+    assert set(images.failures) == {"red/broken.jpg", "blue/empty.png"}
+    assert "not an image" in images.failures["red/broken.jpg"]
+    assert len(images) == len(folder) - 2
+    assert DecodeCache(tmp_path / "c", (16, 16)).load(folder).decoded == 0  # failures are remembered too
+
+
+def test_shards_hold_a_bounded_number_of_images(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setattr("petal.cache.SHARD_SIZE", 8)
+    images = DecodeCache(tmp_path / "c", (16, 16)).load(index_folder(image_folder))
+    assert len(images.shard_paths) == 4  # 30 images: 8 + 8 + 8 + 6
+    assert all(np.load(p, mmap_mode="r").shape[0] <= 8 for p in images.shard_paths)

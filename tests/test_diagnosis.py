@@ -1,0 +1,24 @@
+from petal.diagnosis import diagnose
+
+
+def history(loss, val_loss, acc, val_acc):
+    return {"loss": loss, "val_loss": val_loss, "accuracy": acc, "val_accuracy": val_acc}
+
+
+def test_rising_validation_loss_with_falling_training_loss_is_overfitting():
+    result = diagnose(history([1.5, 1.0, 0.7, 0.4, 0.2], [1.4, 1.1, 1.0, 1.2, 1.5], [0.4, 0.6, 0.7, 0.85, 0.95], [0.45, 0.6, 0.64, 0.63, 0.62]))
+    assert result["status"] == "overfitting"
+    assert result["best_epoch"] == 3
+    assert result["verdict"].startswith("overfitting from epoch 4: validation loss rose while training loss fell")
+    assert abs(result["train_val_accuracy_gap"] - 0.33) < 1e-9
+
+
+def test_lowest_validation_loss_at_the_end_means_still_improving():
+    result = diagnose(history([1.5, 1.2, 1.0], [1.4, 1.2, 1.1], [0.4, 0.5, 0.6], [0.4, 0.5, 0.55]))
+    assert result["status"] == "improving"
+    assert "more epochs may help" in result["verdict"]
+
+
+def test_small_wobble_is_not_called_overfitting():
+    result = diagnose(history([1.5, 1.2, 1.0], [1.00, 0.98, 1.01], [0.4, 0.5, 0.6], [0.5, 0.52, 0.51]))
+    assert result["status"] == "plateau"

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from petal.errors import ConfigError
+from petal.models import DEFAULT_MODEL, create_model, list_models
+
+
+def test_tutorial_model_has_the_tutorials_parameter_count():
+    spec = create_model("tutorial", num_classes=5, image_size=(180, 180))
+    assert spec.classifier.count_params() == 3_989_285
+    assert spec.augmentation is None
+
+
+def test_tutorial_augmented_adds_augmentation_and_dropout_but_no_parameters():
+    spec = create_model("tutorial-augmented", num_classes=5, image_size=(180, 180))
+    assert spec.classifier.count_params() == 3_989_285
+    assert [layer.__class__.__name__ for layer in spec.augmentation.layers] == ["RandomFlip", "RandomRotation", "RandomZoom"]
+    assert spec.classifier.get_layer("dropout").rate == 0.2
+
+
+@pytest.mark.parametrize("name", [entry.name for entry in list_models()])
+def test_every_registered_model_maps_images_to_logits(name):
+    spec = create_model(name, num_classes=3, image_size=(32, 32))
+    logits = np.asarray(spec.classifier(np.full((2, 32, 32, 3), 128.0, np.float32), training=False))
+    assert logits.shape == (2, 3)
+    assert np.isfinite(logits).all()
+
+
+def test_unknown_model_lists_valid_names_and_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"valid names: tutorial, tutorial-augmented.*Did you mean 'tutorial-augmented'\?"):
+        create_model("tutorial-augment", 5, (180, 180))
+
+
+def test_default_model_is_registered():
+    assert DEFAULT_MODEL in [entry.name for entry in list_models()]
+
+
+def test_list_models_filters_by_pattern():
+    assert [e.name for e in list_models("*augmented")] == ["tutorial-augmented"]

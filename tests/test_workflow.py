@@ -1,0 +1,158 @@
+"""The tutorial's workflow through the `petal` command: data -> train -> export -> predict."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CLASS_COLOURS, make_folder, make_image
+from petal.cli import main
+
+PETAL = [str(Path(sys.executable).parent / "petal")]
+SMALL = ["--image-size", "32", "32", "--batch-size", "8"]
+
+
+def petal(*args, cwd=None):
+    return subprocess.run(PETAL + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One small run, trained and exported through the CLI, shared by the tests below."""
+    root = tmp_path_factory.mktemp("workflow")
+    data = make_folder(root / "photos", per_class=12)
+    run = root / "run"
+    trained = petal("train", data, "--model", "tutorial", "--epochs", "2", "--out", run, "--cache-dir", root / "cache", *SMALL)
+    exported = petal("export", run)
+    return {"data": data, "run": run, "root": root, "train": trained, "export": exported}
+
+
+def test_data_summarises_the_folder_and_saves_a_grid(tmp_path, image_folder):
+    result = petal("data", image_folder, "--grid", tmp_path / "grid.png")
+    assert result.returncode == 0, result.stderr
+    assert "Found 30 files belonging to 3 classes." in result.stdout
+    assert "Using 24 files for training and 6 for validation" in result.stdout
+    assert Image.open(tmp_path / "grid.png").size[0] > 300
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    assert trained_run["train"].returncode == 0, trained_run["train"].stderr
+    run = trained_run["run"]
+    for name in ("config.json", "labels.txt", "split/train.csv", "split/validation.csv", "history.csv",
+                 "curves.png", "diagnosis.json", "samples.png", "model.keras", "checkpoint/state.json"):
+        assert (run / name).exists(), name
+    assert (run / "labels.txt").read_text().split() == sorted(CLASS_COLOURS)
+    assert json.loads((run / "config.json").read_text())["image_size"] == [32, 32]
+    assert len((run / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert json.loads((run / "diagnosis.json").read_text())["verdict"]
+    assert "Total params" in trained_run["train"].stdout  # the model summary
+    assert "Diagnosis:" in trained_run["train"].stdout
+
+
+def test_export_checks_parity_and_writes_the_tflite(trained_run):
+    assert trained_run["export"].returncode == 0, trained_run["export"].stderr
+    parity = json.loads((trained_run["run"] / "export" / "parity.json").read_text())
+    assert parity["images"] == 7 and parity["passed"]
+    assert parity["max_abs_logit_diff"] <= 1e-3
+    assert "top-1 agreement 100.00%" in trained_run["export"].stdout
+
+
+def test_predict_prints_the_tutorials_sentence_and_top_three(trained_run, tmp_path):
+    photo = make_image(tmp_path / "query.jpg", CLASS_COLOURS["red"], seed=7)
+    for model in (trained_run["run"] / "export" / "model-float32.tflite", trained_run["run"]):
+        result = petal("predict", model, photo)
+        assert result.returncode == 0, result.stderr
+        first, second = result.stdout.splitlines()[:2]
+        assert first.startswith(f"{photo} most likely belongs to ")
+        assert first.endswith(" percent confidence.")
+        assert second.strip().startswith("top 3: ")
+
+
+def test_tflite_and_run_folder_give_the_same_probabilities(trained_run, tmp_path):
+    from petal.predict import Predictor
+
+    photos = [make_image(tmp_path / f"{i}.png", colour, seed=i) for i, colour in enumerate(CLASS_COLOURS.values())]
+    lite = list(Predictor.load(trained_run["run"] / "export" / "model-float32.tflite").predict(photos))
+    full = list(Predictor.load(trained_run["run"]).predict(photos))
+    assert [p.label for p in lite] == [p.label for p in full]
+    np.testing.assert_allclose([p.probabilities for p in lite], [p.probabilities for p in full], atol=1e-5)
+
+
+def test_predict_names_a_bad_file_and_still_predicts_the_rest(trained_run, tmp_path):
+    good = make_image(tmp_path / "good.jpg", CLASS_COLOURS["blue"])
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("this is text")
+    result = petal("predict", trained_run["run"] / "export" / "model-float32.tflite", bad, good)
+    assert result.returncode == 1
+    assert f"{bad}: not an image" in result.stderr
+    assert f"{good} most likely belongs to" in result.stdout
+
+
+def test_predicting_from_tflite_does_not_import_tensorflow(trained_run, tmp_path):
+    photo = make_image(tmp_path / "q.jpg", CLASS_COLOURS["green"])
+    code = (
+        "import sys; from petal.cli import main; rc = main(['predict', sys.argv[1], sys.argv[2]]);"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules);"
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(trained_run["run"] / "export" / "model-float32.tflite"), str(photo)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def test_exported_file_carries_labels_and_preprocessing_and_loads_in_a_plain_interpreter(trained_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from petal.metadata import read_metadata
+
+    path = trained_run["run"] / "export" / "model-float32.tflite"
+    meta = read_metadata(path)
+    assert meta["labels"] == sorted(CLASS_COLOURS)
+    assert meta["preprocessing"]["image_size"] == [32, 32]
+    assert meta["preprocessing"]["resize"] == "pillow-bilinear-antialias"
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 32, 32, 3]
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not any("Flex" in op for op in ops)
+
+
+def test_second_train_on_the_same_folder_decodes_nothing(tmp_path, image_folder, caplog):
+    common = ["train", str(image_folder), "--model", "tutorial", "--epochs", "1", *SMALL]
+    with caplog.at_level("INFO"):
+        assert main(common + ["--out", str(tmp_path / "one")]) == 0
+        assert "decoded 24 images, 0 read from the decode cache" in caplog.text
+        caplog.clear()
+        assert main(common + ["--out", str(tmp_path / "two")]) == 0
+    assert "decoded 0 images, 24 read from the decode cache" in caplog.text
+    assert "decoded 0 images, 6 read from the decode cache" in caplog.text
+
+
+def test_unknown_model_is_one_line_and_exit_2(image_folder, tmp_path):
+    result = petal("train", image_folder, "--model", "resnet-9000", "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "petal: error: unknown model; valid names: tutorial, tutorial-augmented. Received: model='resnet-9000'"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_folder_is_not_overwritten(trained_run):
+    before = (trained_run["run"] / "model.keras").read_bytes()
+    result = petal("train", trained_run["data"], "--out", trained_run["run"], *SMALL)
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and "--resume" in result.stderr
+    assert (trained_run["run"] / "model.keras").read_bytes() == before
+
+
+def test_undecodable_training_files_are_left_out_and_listed(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=8)
+    (data / "red" / "zz_text.jpg").write_text("not an image")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--model", "tutorial", "--epochs", "1", "--out", str(run), *SMALL]) == 0
+    assert "red/zz_text.jpg" in (run / "skipped.csv").read_text()
