@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import os
 import sys
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("data_dir", metavar="DIR")
     _add_split_options(data)
     data.add_argument("--grid", type=Path, help="where to save the 3x3 sample grid (default: DIR-NAME-samples.png here)")
+    data.add_argument("--json", action="store_true", help="print the full report as JSON (no grid)")
+    data.add_argument("--all", action="store_true", help="list every file of every finding, not the first five")
+    data.add_argument("--max-pixels", type=int, default=89_478_485, help="images with more pixels are refused (default 89,478,485)")
     data.set_defaults(handler=cmd_data)
 
     models = commands.add_parser("models", help="list the registered models")
@@ -100,32 +104,67 @@ def _add_train_options(parser, epochs_default: int = 15):
 
 def cmd_data(args) -> int:
     data = _import("petal.data", "petal data")
-    image = _import("petal.image", "petal data")
-    plots = _import("petal.plots", "petal data")
-    folder = data.index_folder(args.data_dir)
-    split = data.split_folder(folder, args.val_split, args.seed, args.split_method)
-    print(f"Found {len(folder)} files belonging to {len(folder.class_names)} classes.")
-    width = max(len(name) for name in folder.class_names)
-    for name, count in folder.counts().items():
+    doctor = _import("petal.doctor", "petal data")
+    split = data.split_folder(data.index_folder(args.data_dir), args.val_split, args.seed, args.split_method)
+    started = time.perf_counter()
+    report = doctor.examine(split, max_pixels=args.max_pixels, progress=None if args.json else _progress_bar("examining"))
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({**report.to_json(), "unindexed_files": doctor.unindexed_files(args.data_dir)}, indent=2))
+        return 0
+    _print_data_report(report, split, seconds, doctor, args)
+    grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.png")
+    _save_sample_grid(split.train, set(report.unusable), grid_path)
+    print(f"Sample grid: {grid_path}")
+    return 0
+
+
+def _print_data_report(report, split, seconds, doctor, args) -> None:
+    print(f"Found {report.files} files belonging to {len(report.class_counts)} classes.")
+    width = max(len(name) for name in report.class_counts)
+    for name, count in report.class_counts.items():
         print(f"  {name:<{width}}  {count:>7,}")
+    print(f"  largest/smallest class: {report.imbalance:.2f}" + ("  (imbalanced: consider --class-weight auto)" if report.imbalance > 3 else ""))
     print(
         f"Using {len(split.train)} files for training and {len(split.validation)} for validation "
         f"({split.method} split, validation fraction {split.val_split}, seed {split.seed})."
     )
-    grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.png")
+    print(f"Examined {report.files} files in {seconds:.1f} s: {report.files - len(report.unusable)} usable, "
+          f"{len(report.unusable)} left out of training.")
+    if report.conversions:
+        print("Converted to RGB: " + ", ".join(f"{k} ({n})" for k, n in sorted(report.conversions.items())))
+    unindexed = doctor.unindexed_files(args.data_dir)
+    if unindexed:
+        print(f"Not indexed (not an image extension): {len(unindexed)} files, e.g. {', '.join(unindexed[:3])}")
+    if not report.findings:
+        print("No problems found.")
+        return
+    counts = {}
+    for finding in report.findings:
+        counts.setdefault(finding.kind, []).append(finding)
+    print(f"{'finding':<30} {'severity':<8} {'files':>6}  meaning")
+    for kind, found in counts.items():
+        print(f"{kind:<30} {found[0].severity:<8} {len(found):>6}  {doctor.KINDS[kind][1]}")
+    for kind, found in counts.items():
+        shown = found if args.all else found[:5]
+        for finding in shown:
+            print(f"  {kind}: {finding.path}" + (f"  ({finding.detail})" if finding.detail else ""))
+        if len(found) > len(shown):
+            print(f"  {kind}: ... and {len(found) - len(shown)} more (--all lists every file)")
+
+
+def _save_sample_grid(folder, unusable: set[str], grid_path: Path) -> None:
+    image = _import("petal.image", "petal data")
+    plots = _import("petal.plots", "petal data")
     images, titles = [], []
-    for path, label in zip(split.train.paths, split.train.labels):
-        try:
-            images.append(image.decode_image(folder.absolute(path), (180, 180)))
-        except PetalError as exc:
-            log.warning("skipping %s", exc)
+    for path, label in zip(folder.paths, folder.labels):
+        if path in unusable:
             continue
+        images.append(image.decode_image(folder.absolute(path), (180, 180)))
         titles.append(folder.class_names[label])
         if len(images) == 9:
             break
     plots.save_image_grid(images, titles, grid_path)
-    print(f"Sample grid: {grid_path}")
-    return 0
 
 
 def cmd_models(args) -> int:
@@ -179,7 +218,7 @@ def cmd_demo(args) -> int:
 
     data_dir = args.data_dir or str(sample_folder())
     print(f"== 1/4 data: {data_dir}")
-    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None}))
+    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None, "json": False, "all": False, "max_pixels": 89_478_485}))
     print("== 2/4 train")
     result = _train(args, data_dir)
     print("== 3/4 export")
@@ -217,12 +256,12 @@ def _train(args, data_dir):
     return result
 
 
-def _progress_bar():
+def _progress_bar(desc: str = "decoding"):
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return lambda iterable, total: tqdm(iterable, total=total, unit="img", desc="decoding", leave=False)
+    return lambda iterable, total: tqdm(iterable, total=total, unit="img", desc=desc, leave=False)
 
 
 def _import(module: str, feature: str):

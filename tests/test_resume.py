@@ -1,0 +1,72 @@
+"""A killed training run loses no finished epoch and continues where it stopped."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_folder
+from petal import atomic
+
+PETAL = str(Path(sys.executable).parent / "petal")
+
+
+def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=40)
+    run = tmp_path / "run"
+    command = [PETAL, "train", str(data), "--model", "tutorial", "--epochs", "3", "--out", str(run),
+               "--image-size", "96", "96", "--batch-size", "4"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not (state.exists() and json.loads(state.read_text())["epochs_done"] >= 1):
+        assert child.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert json.loads(state.read_text())["epochs_done"] < 3
+    assert not (run / "model.keras").exists()
+
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+
+    assert resumed.returncode == 0, resumed.stderr
+    with open(run / "history.csv", newline="") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3]
+    assert json.loads(state.read_text())["epochs_done"] == 3
+    import keras
+
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.count_params() > 0
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    run = tmp_path / "run"
+    common = [PETAL, "train", str(data), "--model", "tutorial", "--out", str(run), "--image-size", "16", "16"]
+    assert subprocess.run(common + ["--epochs", "1"], capture_output=True).returncode == 0
+    result = subprocess.run(common + ["--epochs", "1", "--learning-rate", "0.01", "--resume"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "cannot resume with different settings" in result.stderr and "learning_rate" in result.stderr
+
+
+def test_atomic_write_that_fails_leaves_neither_file_nor_temporary(tmp_path):
+    target = tmp_path / "model.keras"
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_replaces_the_old_file_whole(tmp_path):
+    target = tmp_path / "history.csv"
+    atomic.write_text(target, "old")
+    atomic.write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
