@@ -59,3 +59,19 @@ def test_shards_hold_a_bounded_number_of_images(tmp_path, image_folder, monkeypa
     images = DecodeCache(tmp_path / "c", (16, 16)).load(index_folder(image_folder))
     assert len(images.shard_paths) == 4  # 30 images: 8 + 8 + 8 + 6
     assert all(np.load(p, mmap_mode="r").shape[0] <= 8 for p in images.shard_paths)
+
+
+def test_training_images_are_fed_upright_when_exif_says_rotated(tmp_path, image_folder):
+    from PIL import Image
+
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:, :30] = (255, 0, 0)
+    upright[:, 30:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated 90 degrees counter-clockwise; displayed turned back
+    Image.fromarray(np.rot90(upright, k=1)).save(image_folder / "red" / "zz_phone.jpg", exif=exif.tobytes(), quality=95)
+    images = DecodeCache(tmp_path / "c", (40, 60)).load(index_folder(image_folder))
+
+    fed = images.gather([images.paths.index("red/zz_phone.jpg")])[0]
+
+    assert fed[:, :20, 0].mean() > 200 and fed[:, -20:, 2].mean() > 200  # red left, blue right: upright

@@ -106,3 +106,36 @@ def test_validation_split_out_of_range_is_rejected(image_folder, val_split):
 def test_split_that_leaves_no_validation_image_is_rejected(image_folder):
     with pytest.raises(ConfigError, match="0 validation images"):
         split_folder(index_folder(image_folder), val_split=0.01)
+
+
+def test_a_folder_that_comes_split_is_used_as_given(tmp_path):
+    from petal.data import load_split
+
+    make_folder(tmp_path / "ds" / "train", per_class=5)
+    make_folder(tmp_path / "ds" / "validation", per_class=2)
+    make_folder(tmp_path / "ds" / "test", per_class=1)
+
+    split = load_split(tmp_path / "ds")
+
+    assert split.method == "given"
+    assert (len(split.train), len(split.validation), len(split.test)) == (15, 6, 3)
+    assert all(p.startswith("train/") for p in split.train.paths)
+    assert (tmp_path / "ds" / split.validation.paths[0]).is_file()
+
+
+def test_parts_with_different_classes_are_an_error_naming_the_difference(tmp_path):
+    from petal.data import load_split
+
+    make_folder(tmp_path / "ds" / "train", per_class=3)
+    make_folder(tmp_path / "ds" / "val", per_class=1)
+    make_image(tmp_path / "ds" / "val" / "purple" / "p.jpg", (100, 0, 100))
+
+    with pytest.raises(DataError, match=r"only in train/: none; only in val/: \['purple'\]"):
+        load_split(tmp_path / "ds")
+
+
+def test_class_weights_make_rare_classes_count_as_much_as_common_ones():
+    from petal.train import class_weights
+
+    weights = class_weights(np.array([0] * 8 + [1] * 2), 2)
+    assert weights == {0: 10 / (2 * 8), 1: 10 / (2 * 2)}

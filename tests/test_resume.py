@@ -70,3 +70,19 @@ def test_atomic_write_replaces_the_old_file_whole(tmp_path):
     atomic.write_text(target, "new")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
+
+
+def test_deterministic_runs_with_the_same_seed_have_the_same_history(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=10)
+    histories = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        command = [PETAL, "train", str(data), "--model", "tutorial-augmented", "--epochs", "2", "--out", str(run),
+                   "--image-size", "32", "32", "--batch-size", "8", "--deterministic"]
+        assert subprocess.run(command, capture_output=True).returncode == 0
+        with open(run / "history.csv", newline="") as f:
+            histories.append([{k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)])
+    for first, second in zip(*histories):
+        assert first.keys() == second.keys()
+        for key in first:
+            assert abs(first[key] - second[key]) <= 1e-6, key

@@ -98,6 +98,10 @@ def _add_train_options(parser, epochs_default: int = 15):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, nargs=2, default=(180, 180), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--learning-rate", type=float, default=0.001)
+    parser.add_argument("--class-weight", choices=("none", "auto"), default="none",
+                        help="'auto' weights the loss by inverse class frequency, for imbalanced folders")
+    parser.add_argument("--deterministic", action="store_true", help="reproducible to the last digit: same seed and data, same history")
+    parser.add_argument("--max-pixels", type=int, default=89_478_485, help="images with more pixels are left out (default 89,478,485)")
     parser.add_argument("--cache-dir", help="decode cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
     parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
 
@@ -105,7 +109,7 @@ def _add_train_options(parser, epochs_default: int = 15):
 def cmd_data(args) -> int:
     data = _import("petal.data", "petal data")
     doctor = _import("petal.doctor", "petal data")
-    split = data.split_folder(data.index_folder(args.data_dir), args.val_split, args.seed, args.split_method)
+    split = data.load_split(args.data_dir, args.val_split, args.seed, args.split_method)
     started = time.perf_counter()
     report = doctor.examine(split, max_pixels=args.max_pixels, progress=None if args.json else _progress_bar("examining"))
     seconds = time.perf_counter() - started
@@ -125,10 +129,10 @@ def _print_data_report(report, split, seconds, doctor, args) -> None:
     for name, count in report.class_counts.items():
         print(f"  {name:<{width}}  {count:>7,}")
     print(f"  largest/smallest class: {report.imbalance:.2f}" + ("  (imbalanced: consider --class-weight auto)" if report.imbalance > 3 else ""))
-    print(
-        f"Using {len(split.train)} files for training and {len(split.validation)} for validation "
-        f"({split.method} split, validation fraction {split.val_split}, seed {split.seed})."
-    )
+    how = "as the folder gives it (train/, val/)" if split.method == "given" else (
+        f"{split.method} split, validation fraction {split.val_split}, seed {split.seed}")
+    test = f", and {len(split.test)} test files" if split.test is not None else ""
+    print(f"Using {len(split.train)} files for training and {len(split.validation)} for validation{test} ({how}).")
     print(f"Examined {report.files} files in {seconds:.1f} s: {report.files - len(report.unusable)} usable, "
           f"{len(report.unusable)} left out of training.")
     if report.conversions:
@@ -218,7 +222,7 @@ def cmd_demo(args) -> int:
 
     data_dir = args.data_dir or str(sample_folder())
     print(f"== 1/4 data: {data_dir}")
-    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None, "json": False, "all": False, "max_pixels": 89_478_485}))
+    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None, "json": False, "all": False}))
     print("== 2/4 train")
     result = _train(args, data_dir)
     print("== 3/4 export")
@@ -247,6 +251,9 @@ def _train(args, data_dir):
         seed=args.seed,
         split_method=args.split_method,
         learning_rate=args.learning_rate,
+        class_weight=args.class_weight,
+        deterministic=args.deterministic,
+        max_pixels=args.max_pixels,
         cache_dir=args.cache_dir,
     )
     out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -23,6 +23,8 @@ class TrainConfig:
     seed: int = 123
     split_method: str = "keras"
     learning_rate: float = 0.001
+    class_weight: str = "none"  # "auto": weight the loss by inverse class frequency
+    deterministic: bool = False  # same seed and data -> the same history, at some cost in speed
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: str | None = None  # None: $PETAL_CACHE_DIR or ~/.cache/petal
     resize_method: str = field(default=RESIZE_METHOD, init=False)  # recorded, not chosen: see petal.image
@@ -34,6 +36,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
+        if self.class_weight not in ("none", "auto"):
+            raise ConfigError(f"class weight must be 'none' or 'auto'. Received: class_weight={self.class_weight!r}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning rate must be positive. Received: learning_rate={self.learning_rate}")
 

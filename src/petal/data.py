@@ -52,9 +52,48 @@ class ImageFolder:
 class Split:
     train: ImageFolder
     validation: ImageFolder
-    method: str
+    method: str  # "keras", "stratified", or "given" for a folder that comes split
     val_split: float
     seed: int
+    test: ImageFolder | None = None
+
+
+# Folder names of a data set that comes split: DIR/train/<class>, DIR/val/<class>, optional DIR/test/<class>.
+PART_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+
+
+def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123, method: str = "keras") -> Split:
+    """The split of `root`: as given when it holds train/ and val/ (or validation/), else `split_folder`."""
+    parts = find_parts(root)
+    if parts is None:
+        return split_folder(index_folder(root), val_split, seed, method)
+    folders = {part: _rerooted(index_folder(Path(root) / name), Path(root), name) for part, name in parts.items()}
+    names = {part: set(folder.class_names) for part, folder in folders.items()}
+    for part in folders:
+        if names[part] != names["train"]:
+            only_train = sorted(names["train"] - names[part])
+            only_part = sorted(names[part] - names["train"])
+            raise DataError(
+                f"{root}: the classes of {parts[part]}/ differ from those of train/: "
+                f"only in train/: {only_train or 'none'}; only in {parts[part]}/: {only_part or 'none'}"
+            )
+    return Split(folders["train"], folders["validation"], "given", val_split, seed, folders.get("test"))
+
+
+def find_parts(root: str | os.PathLike) -> dict[str, str] | None:
+    """{"train": "train", "validation": "val", ...} when `root` comes split, else None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    parts = {}
+    for entry in sorted(os.listdir(root)):
+        if entry.lower() in PART_NAMES and (root / entry).is_dir():
+            parts[PART_NAMES[entry.lower()]] = entry
+    return parts if "train" in parts and "validation" in parts else None
+
+
+def _rerooted(folder: ImageFolder, root: Path, part: str) -> ImageFolder:
+    return ImageFolder(root, folder.class_names, tuple(f"{part}/{p}" for p in folder.paths), folder.labels)
 
 
 def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> ImageFolder:

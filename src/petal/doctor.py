@@ -39,10 +39,10 @@ KINDS = {
     "rotated": ("info", "EXIF orientation tag: the image is turned upright"),
     "duplicate-within-class": ("info", "exact copy of another image of the same class"),
     "duplicate-across-classes": ("warning", "the same image under two classes: one label is wrong"),
-    "duplicate-across-split": ("warning", "exact copy in both training and validation: inflates validation accuracy"),
+    "duplicate-across-split": ("warning", "exact copy in training and validation (or test): inflates their accuracy"),
     "near-duplicate-within-class": ("info", "near copy (resized or re-encoded) of an image of the same class"),
     "near-duplicate-across-classes": ("warning", "near copy of an image of another class"),
-    "near-duplicate-across-split": ("warning", "near copy in both training and validation"),
+    "near-duplicate-across-split": ("warning", "near copy in training and validation (or test)"),
 }
 
 _EXTENSION_FORMATS = {
@@ -101,8 +101,9 @@ class DoctorReport:
 def examine(split: Split, *, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None, progress=None) -> DoctorReport:
     """Examine every file of both sides of `split`, in parallel."""
     root = split.train.root
-    sides = {p: "train" for p in split.train.paths} | {p: "validation" for p in split.validation.paths}
-    labels = dict(zip(split.train.paths, split.train.labels)) | dict(zip(split.validation.paths, split.validation.labels))
+    parts = [("train", split.train), ("validation", split.validation)] + ([("test", split.test)] if split.test else [])
+    sides = {path: side for side, folder in parts for path in folder.paths}
+    labels = {path: label for _, folder in parts for path, label in zip(folder.paths, folder.labels)}
     paths = sorted(sides)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         results = pool.map(lambda p: _examine_file(root, p, max_pixels), paths, chunksize=16)
@@ -110,7 +111,7 @@ def examine(split: Split, *, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int 
     findings = [f for fact in facts for f in fact.findings]
     findings += _duplicates(facts, labels, sides, split.train.class_names)
     conversions = Counter(f"{fact.mode} -> RGB" for fact in facts if fact.mode and fact.mode != "RGB")
-    all_labels = np.concatenate([split.train.labels, split.validation.labels])
+    all_labels = np.concatenate([folder.labels for _, folder in parts])
     counts = {name: int((all_labels == i).sum()) for i, name in enumerate(split.train.class_names)}
     order = list(KINDS)
     findings.sort(key=lambda f: (order.index(f.kind), f.path))
@@ -133,8 +134,11 @@ def _examine_file(root: Path, relative: str, max_pixels: int) -> FileFacts:
     facts.sha256 = hashlib.sha256(data).hexdigest()
     try:
         probe = Image.open(io.BytesIO(data))
-    except Exception:
+    except Image.UnidentifiedImageError:
         facts.findings.append(Finding(relative, "not-an-image"))
+        return facts
+    except Exception as exc:  # a known format whose header is already broken
+        facts.findings.append(Finding(relative, "corrupt", f"{type(exc).__name__}: {exc}"))
         return facts
     expected = _EXTENSION_FORMATS.get(path.suffix.lower())
     actual = "JPEG" if probe.format == "MPO" else probe.format
@@ -199,7 +203,7 @@ def _group_findings(groups, labels, sides, class_names, prefix: str) -> list[Fin
         else:
             findings += [Finding(p, f"{prefix}-within-class", f"same as {others(p)}") for p in group[1:]]
         if len({sides[p] for p in group}) > 1:
-            findings += [Finding(p, f"{prefix}-across-split", f"same as {others(p)}") for p in group if sides[p] == "validation"]
+            findings += [Finding(p, f"{prefix}-across-split", f"same as {others(p)}") for p in group if sides[p] != "train"]
     return findings
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from petal import atomic
 from petal.cache import CachedImages, DecodeCache, default_cache_root
 from petal.config import TrainConfig
-from petal.data import Split, index_folder, split_folder, write_file_list
+from petal.data import Split, load_split, write_file_list
 from petal.diagnosis import diagnose
 from petal.errors import RunFolderError
 from petal.models import create_model
@@ -52,7 +53,7 @@ class TrainResult:
 
 
 def make_split(config: TrainConfig) -> Split:
-    return split_folder(index_folder(config.data_dir), config.val_split, config.seed, config.split_method)
+    return load_split(config.data_dir, config.val_split, config.seed, config.split_method)
 
 
 def decode_cache(config: TrainConfig) -> DecodeCache:
@@ -78,6 +79,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
 
     keras.utils.set_random_seed(config.seed + start_epoch)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     spec = create_model(config.model, len(class_names), config.image_size)
     if start_epoch:
         model = keras.saving.load_model(run.checkpoint_dir / _checkpoint_state(run)["model"])
@@ -102,6 +105,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         validation_data=val_ds,
         epochs=config.epochs,
         initial_epoch=start_epoch,
+        class_weight=class_weights(data.train.labels, len(class_names)) if config.class_weight == "auto" else None,
         callbacks=[_RunRecorder(run)],
         shuffle=False,  # the dataset shuffles, by (seed, epoch)
         verbose=verbose,
@@ -116,6 +120,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     return TrainResult(run, history, diagnosis, data.skipped)
 
 
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights, 1.0 on average over the images: n / (classes * count)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return {c: float(len(labels) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
+
+
 def _start_or_resume(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int]:
     """Fresh start: write the run's config, labels and split. Resume: check them; return (split, epochs done)."""
     if resume:
@@ -124,7 +134,7 @@ def _start_or_resume(run: RunFolder, config: TrainConfig, resume: bool) -> tuple
         if saved != given:
             changed = {k: (v, given[k]) for k, v in saved.items() if given[k] != v}
             raise RunFolderError(f"{run.path}: cannot resume with different settings (saved, given): {changed}")
-        split = Split(run.split("train"), run.split("validation"), config.split_method, config.val_split, config.seed)
+        split = Split(run.split("train"), run.split("validation"), "recorded", config.val_split, config.seed)
         state = _checkpoint_state(run) if (run.checkpoint_dir / "state.json").exists() else None
         return split, state["epochs_done"] if state else 0
     if run.path.exists() and any(run.path.iterdir()):
@@ -136,6 +146,8 @@ def _start_or_resume(run: RunFolder, config: TrainConfig, resume: bool) -> tuple
     atomic.write_text(run.labels_path, "\n".join(split.train.class_names) + "\n")
     write_file_list(run / "split" / "train.csv", split.train)
     write_file_list(run / "split" / "validation.csv", split.validation)
+    if split.test is not None:
+        write_file_list(run / "split" / "test.csv", split.test)
     return split, 0
 
 
