@@ -227,9 +227,12 @@ def cmd_demo(args) -> int:
     result = _train(args, data_dir)
     print("== 3/4 export")
     cmd_export(argparse.Namespace(run_dir=result.run.path))
-    print("== 4/4 predict (three validation images, through the .tflite)")
+    print("== 4/4 predict (a validation image of each of three classes, through the .tflite)")
     validation = result.run.split("validation")
-    images = [validation.absolute(p) for p in validation.paths[:3]]
+    first_of_class = {}
+    for path, label in zip(validation.paths, validation.labels):
+        first_of_class.setdefault(label, validation.absolute(path))
+    images = list(first_of_class.values())[:3]
     cmd_predict(argparse.Namespace(model=result.run.export_dir / "model-float32.tflite", images=images, top_k=3))
     print(f"Run folder: {result.run.path}  (curves.png, diagnosis.json, samples.png, export/)")
     return 0

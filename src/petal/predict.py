@@ -116,6 +116,7 @@ class LiteRTRunner:
 
     def __init__(self, interpreter):
         self.interpreter = interpreter
+        interpreter.allocate_tensors()  # delegates (XNNPACK) are applied here, at load time
         self.input = interpreter.get_input_details()[0]
         self.output_index = interpreter.get_output_details()[0]["index"]
         self.batch = None
