@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
-    logging.getLogger("absl").setLevel(logging.ERROR)  # TensorFlow's SavedModel chatter during export
+    for chatty in ("absl", "tensorflow"):  # SavedModel notices ("Assets written to ...") during export
+        logging.getLogger(chatty).setLevel(logging.ERROR)
     try:
         return args.handler(args) or 0
     except PetalError as exc:
