@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from petal.errors import MissingDependencyError, PetalError
+from petal.image import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("petal")
 
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--grid", type=Path, help="where to save the 3x3 sample grid (default: DIR-NAME-samples.png here)")
     data.add_argument("--json", action="store_true", help="print the full report as JSON (no grid)")
     data.add_argument("--all", action="store_true", help="list every file of every finding, not the first five")
-    data.add_argument("--max-pixels", type=int, default=89_478_485, help="images with more pixels are refused (default 89,478,485)")
+    data.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                      help=f"images with more pixels are refused (default {DEFAULT_MAX_PIXELS:,})")
     data.set_defaults(handler=cmd_data)
 
     models = commands.add_parser("models", help="list the registered models")
@@ -102,7 +104,8 @@ def _add_train_options(parser, epochs_default: int = 15):
     parser.add_argument("--class-weight", choices=("none", "auto"), default="none",
                         help="'auto' weights the loss by inverse class frequency, for imbalanced folders")
     parser.add_argument("--deterministic", action="store_true", help="reproducible to the last digit: same seed and data, same history")
-    parser.add_argument("--max-pixels", type=int, default=89_478_485, help="images with more pixels are left out (default 89,478,485)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"images with more pixels are left out (default {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--cache-dir", help="decode cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
     parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
 
@@ -293,18 +296,20 @@ def _native_log_silenced():
     XNNPACK notices, which no environment variable silences in TF 2.21); replay it on failure."""
     sys.stderr.flush()
     saved = os.dup(2)
+    failed = False
     with tempfile.TemporaryFile(mode="w+b") as sink:
         os.dup2(sink.fileno(), 2)
         try:
             yield
         except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
+            failed = True
             raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
 
 
 def _version() -> str:

@@ -21,13 +21,14 @@ from PIL import Image
 
 from petal.data import Split
 from petal.errors import ImageError
-from petal.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, open_rgb
+from petal.image import DEFAULT_MAX_PIXELS, FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS, open_rgb
 
 MIN_SIDE = 32  # smaller images carry too little to learn from at any usual input size
 
 # What each finding means; "error" files are left out of training, "warning" and "info" are used.
 KINDS = {
     "empty": ("error", "zero-byte file"),
+    "unreadable": ("error", "cannot be read (permissions or I/O error)"),
     "not-an-image": ("error", "not an image (no known image format)"),
     "unsupported-format": ("error", "an image format petal does not read"),
     "corrupt": ("error", "truncated or corrupt image"),
@@ -44,11 +45,6 @@ KINDS = {
     "near-duplicate-across-classes": ("warning", "near copy of an image of another class"),
     "near-duplicate-across-split": ("warning", "near copy in training and validation (or test)"),
 }
-
-_EXTENSION_FORMATS = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
-}
-
 
 @dataclass
 class Finding:
@@ -126,7 +122,7 @@ def _examine_file(root: Path, relative: str, max_pixels: int) -> FileFacts:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        facts.findings.append(Finding(relative, "corrupt", f"cannot read file ({exc.strerror})"))
+        facts.findings.append(Finding(relative, "unreadable", f"cannot read file ({exc.strerror})"))
         return facts
     if not data:
         facts.findings.append(Finding(relative, "empty"))
@@ -134,29 +130,24 @@ def _examine_file(root: Path, relative: str, max_pixels: int) -> FileFacts:
     facts.sha256 = hashlib.sha256(data).hexdigest()
     try:
         probe = Image.open(io.BytesIO(data))
-    except Image.UnidentifiedImageError:
-        facts.findings.append(Finding(relative, "not-an-image"))
-        return facts
-    except Exception as exc:  # a known format whose header is already broken
-        facts.findings.append(Finding(relative, "corrupt", f"{type(exc).__name__}: {exc}"))
-        return facts
-    expected = _EXTENSION_FORMATS.get(path.suffix.lower())
-    actual = "JPEG" if probe.format == "MPO" else probe.format
-    if expected and actual != expected:
-        facts.findings.append(Finding(relative, "extension-mismatch", f"{path.suffix} file holds {probe.format} data"))
-    if getattr(probe, "n_frames", 1) > 1:
-        facts.findings.append(Finding(relative, "animated", f"{probe.n_frames} frames"))
-    if probe.getexif().get(0x0112, 1) not in (1, None):
-        facts.findings.append(Finding(relative, "rotated", f"orientation {probe.getexif().get(0x0112)}"))
-    facts.mode = probe.mode
+    except Exception:
+        probe = None  # open_rgb below says why, with the decoder's own kind of failure
+    if probe is not None:
+        expected = FORMAT_OF_EXTENSION.get(path.suffix.lower())
+        actual = "JPEG" if probe.format == "MPO" else probe.format
+        if expected and actual != expected:
+            facts.findings.append(Finding(relative, "extension-mismatch", f"{path.suffix} file holds {probe.format} data"))
+        if getattr(probe, "n_frames", 1) > 1:
+            facts.findings.append(Finding(relative, "animated", f"{probe.n_frames} frames"))
+        orientation = probe.getexif().get(0x0112, 1)
+        if orientation not in (1, None):
+            facts.findings.append(Finding(relative, "rotated", f"orientation {orientation}"))
     try:
         image = open_rgb(data, max_pixels=max_pixels)
     except ImageError as exc:
-        kind = "too-large" if "exceeds the limit" in exc.reason else (
-            "unsupported-format" if "unsupported image format" in exc.reason else "corrupt")
-        facts.findings.append(Finding(relative, kind, exc.reason))
-        facts.mode = None
+        facts.findings.append(Finding(relative, exc.kind, exc.reason))
         return facts
+    facts.mode = probe.mode if probe is not None else None
     if min(image.size) < MIN_SIDE:
         facts.findings.append(Finding(relative, "too-small", f"{image.width}x{image.height}"))
     facts.dhash = _difference_hash(image)

@@ -12,12 +12,15 @@ class DataError(PetalError):
 
 
 class ImageError(PetalError):
-    """One image file cannot be decoded; carries the path so messages name the file."""
+    """One image file cannot be decoded; carries the path so messages name the file, and a `kind`
+    ("empty", "unreadable", "not-an-image", "unsupported-format", "too-large", "corrupt") so callers
+    such as the data doctor can sort failures without parsing the message."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, kind: str = "corrupt"):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.kind = kind
 
 
 class ConfigError(PetalError):

@@ -17,9 +17,14 @@ from PIL import Image, ImageOps
 
 from petal.errors import ImageError
 
-# Extensions petal indexes; the first five are the ones Keras's loader indexes.
+# Extensions petal indexes, with the format their content should have; the first five are the
+# ones Keras's loader indexes.
+FORMAT_OF_EXTENSION = {
+    ".bmp": "BMP", ".gif": "GIF", ".jpeg": "JPEG", ".jpg": "JPEG", ".png": "PNG",
+    ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+}
 KERAS_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-IMAGE_EXTENSIONS = KERAS_EXTENSIONS + (".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = tuple(FORMAT_OF_EXTENSION)
 PILLOW_FORMATS = {"BMP", "GIF", "JPEG", "MPO", "PNG", "WEBP", "TIFF"}
 
 # Pillow's bilinear filter, which antialiases when it shrinks. Recorded in every run config and
@@ -71,15 +76,18 @@ def open_rgb(
         try:
             img = Image.open(io.BytesIO(data))
         except Image.UnidentifiedImageError:
-            raise ImageError(name, "not an image: Pillow cannot identify the file's format") from None
+            raise ImageError(name, "not an image: Pillow cannot identify the file's format", "not-an-image") from None
         except Exception as exc:
             raise ImageError(name, f"cannot decode image ({type(exc).__name__}: {exc})") from None
         if img.format not in PILLOW_FORMATS:
-            raise ImageError(name, f"unsupported image format {img.format}; supported: JPEG, PNG, GIF, BMP, WebP, TIFF")
+            raise ImageError(
+                name, f"unsupported image format {img.format}; supported: JPEG, PNG, GIF, BMP, WebP, TIFF", "unsupported-format"
+            )
     pixels = img.width * img.height
     if pixels > max_pixels:
         raise ImageError(
-            name, f"{img.width}x{img.height} = {pixels:,} pixels exceeds the limit of {max_pixels:,} (raise it with --max-pixels)"
+            name, f"{img.width}x{img.height} = {pixels:,} pixels exceeds the limit of {max_pixels:,} (raise it with --max-pixels)",
+            "too-large",
         )
     try:
         if draft_size and img.format == "JPEG":
@@ -119,9 +127,9 @@ def _read_bytes(source: str | os.PathLike | bytes, name: str) -> bytes:
         try:
             data = Path(source).read_bytes()
         except OSError as exc:
-            raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
+            raise ImageError(name, f"cannot read file ({exc.strerror or exc})", "unreadable") from None
     if not data:
-        raise ImageError(name, "empty file (0 bytes)")
+        raise ImageError(name, "empty file (0 bytes)", "empty")
     return data
 
 
