@@ -2,20 +2,27 @@ import numpy as np
 import pytest
 
 from petal.errors import ConfigError
-from petal.models import DEFAULT_MODEL, create_model, list_models
+from petal.augment import tutorial_layers
+from petal.models import DEFAULT_MODEL, create_model, get_model_entry, list_models
 
 
 def test_tutorial_model_has_the_tutorials_parameter_count():
     spec = create_model("tutorial", num_classes=5, image_size=(180, 180))
     assert spec.classifier.count_params() == 3_989_285
-    assert spec.augmentation is None
 
 
-def test_tutorial_augmented_adds_augmentation_and_dropout_but_no_parameters():
+def test_tutorial_augmented_adds_dropout_but_no_parameters_and_trains_with_the_tutorials_augmentation():
     spec = create_model("tutorial-augmented", num_classes=5, image_size=(180, 180))
     assert spec.classifier.count_params() == 3_989_285
-    assert [layer.__class__.__name__ for layer in spec.augmentation.layers] == ["RandomFlip", "RandomRotation", "RandomZoom"]
     assert spec.classifier.get_layer("dropout").rate == 0.2
+    assert get_model_entry("tutorial-augmented").recipe == {"augmentation": "tutorial"}
+    assert [layer.__class__.__name__ for layer in tutorial_layers().layers] == ["RandomFlip", "RandomRotation", "RandomZoom"]
+
+
+def test_the_default_model_is_small_enough_for_a_two_megabyte_tflite():
+    model = create_model(DEFAULT_MODEL, num_classes=5, image_size=(128, 128)).classifier
+    assert model.count_params() * 4 < 2_000_000
+    assert not any(layer.__class__.__name__ in ("Dense", "Flatten") and layer.name != "logits" for layer in model.layers)
 
 
 @pytest.mark.parametrize("name", [entry.name for entry in list_models()])
@@ -27,7 +34,7 @@ def test_every_registered_model_maps_images_to_logits(name):
 
 
 def test_unknown_model_lists_valid_names_and_suggests_the_closest():
-    with pytest.raises(ConfigError, match=r"valid names: tutorial, tutorial-augmented.*Did you mean 'tutorial-augmented'\?"):
+    with pytest.raises(ConfigError, match=r"valid names: petal-resnet, tutorial, tutorial-augmented.*Did you mean 'tutorial-augmented'\?"):
         create_model("tutorial-augment", 5, (180, 180))
 
 

@@ -53,12 +53,16 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert "Diagnosis:" in trained_run["train"].stdout
 
 
-def test_export_checks_parity_and_writes_the_tflite(trained_run):
+def test_export_writes_every_variant_and_prints_the_parity_table(trained_run):
     assert trained_run["export"].returncode == 0, trained_run["export"].stderr
-    parity = json.loads((trained_run["run"] / "export" / "parity.json").read_text())
-    assert parity["images"] == 7 and parity["passed"]
-    assert parity["max_abs_logit_diff"] <= 1e-3
-    assert "top-1 agreement 100.00%" in trained_run["export"].stdout
+    report = json.loads((trained_run["run"] / "export" / "report.json").read_text())
+    assert [(v["variant"], v["images"], v["passed"]) for v in report["variants"]] == [
+        ("float32", 7, True), ("float16", 7, True), ("dynamic", 7, True), ("int8", 7, True)]
+    assert report["variants"][0]["max_abs_logit_diff"] <= 1e-3
+    for variant in ("float32", "float16", "dynamic", "int8"):
+        assert (trained_run["run"] / "export" / f"model-{variant}.tflite").exists()
+        assert f"| {variant} |" in trained_run["export"].stdout
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate" not in trained_run["export"].stderr
 
 
 def test_predict_prints_the_tutorials_sentence_and_top_three(trained_run, tmp_path):
@@ -137,7 +141,7 @@ def test_unknown_model_is_one_line_and_exit_2(image_folder, tmp_path):
     result = petal("train", image_folder, "--model", "resnet-9000", "--out", tmp_path / "r")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "petal: error: unknown model; valid names: tutorial, tutorial-augmented. Received: model='resnet-9000'"
+        "petal: error: unknown model; valid names: petal-resnet, tutorial, tutorial-augmented. Received: model='resnet-9000'"
     ]
     assert not (tmp_path / "r").exists()
 

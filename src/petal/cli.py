@@ -13,14 +13,22 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from petal.config import AUGMENTATIONS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS
 from petal.errors import MissingDependencyError, PetalError
+from petal.native_log import native_log_silenced
 from petal.image import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("petal")
+
+# TrainConfig fields set by `petal train` flags of the same name; a flag not given leaves the model's recipe.
+TRAIN_SETTINGS = (
+    "epochs", "batch_size", "val_split", "seed", "split_method", "optimizer", "learning_rate", "weight_decay", "lr_schedule",
+    "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "precision", "class_weight",
+    "deterministic", "max_pixels", "cache_dir",
+)
 
 EXIT_ERROR = 2  # the command could not do its job
 EXIT_PARTIAL = 1  # it did, but some inputs failed (e.g. unreadable images given to predict)
@@ -70,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="convert a run's model to LiteRT and check it against Keras")
     export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--quantize", default="float32,float16,dynamic,int8", metavar="VARIANTS",
+                        help="comma-separated subset of float32,float16,dynamic,int8 (default: all four)")
+    export.add_argument("--int8-io", choices=("float32", "uint8", "int8"), default="float32",
+                        help="input/output tensor type of the int8 variant; uint8 or int8 for integer-only accelerators")
+    export.add_argument("--calibration-images", type=int, default=300, help="training images that calibrate int8 (default 300)")
+    export.add_argument("--min-agreement", type=float, default=0.995,
+                        help="float32/float16 must pick Keras's class on this share of validation images (default 0.995)")
+    export.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                        help="dynamic/int8 may lose at most this much accuracy against Keras (default 0.01 = 1 point)")
+    export.add_argument("--no-gate", dest="gate", action="store_false",
+                        help="write variants that fail the parity gate too, and exit 0 (they are still reported as failed)")
     export.set_defaults(handler=cmd_export)
 
     predict = commands.add_parser("predict", help="classify images with a run folder or a .tflite file")
@@ -80,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole workflow (data, train, export, predict) on the bundled sample")
     demo.add_argument("--data", dest="data_dir", help="a folder of class sub-folders (default: the bundled flower sample)")
-    _add_train_options(demo, epochs_default=10)
+    _add_train_options(demo, epochs_default=20)
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -94,18 +113,31 @@ def _add_split_options(parser):
     )
 
 
-def _add_train_options(parser, epochs_default: int = 15):
+def _add_train_options(parser, epochs_default: int | None = None):
     _add_split_options(parser)
-    parser.add_argument("--model", default=None, help="a name from `petal models` (default: tutorial-augmented)")
-    parser.add_argument("--epochs", type=int, default=epochs_default)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, nargs=2, default=(180, 180), metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--learning-rate", type=float, default=0.001)
-    parser.add_argument("--class-weight", choices=("none", "auto"), default="none",
+    recipe = " (default: the model's recipe, see docs/TRAINING.md)"
+    parser.add_argument("--model", default=None, help="a name from `petal models` (default: petal-resnet)")
+    parser.add_argument("--epochs", type=int, default=epochs_default, help="epochs to train" + ("" if epochs_default else recipe))
+    parser.add_argument("--batch-size", type=int, help="images per step" + recipe)
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="model input size" + recipe)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="adam or adamw" + recipe)
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate" + recipe)
+    parser.add_argument("--weight-decay", type=float, help="decoupled weight decay, adamw only" + recipe)
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant or cosine decay" + recipe)
+    parser.add_argument("--warmup-epochs", type=int, help="epochs of linear learning-rate warm-up" + recipe)
+    parser.add_argument("--label-smoothing", type=float, help="e.g. 0.1" + recipe)
+    parser.add_argument("--augmentation", choices=tuple(AUGMENTATIONS), help="; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()))
+    parser.add_argument("--mixup", type=float, help="MixUp alpha, 0 = off" + recipe)
+    parser.add_argument("--cutmix", type=float, help="CutMix alpha, 0 = off" + recipe)
+    parser.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                        help="stop after PATIENCE epochs without a better val accuracy and keep the best weights; 0 = off")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="auto: bfloat16 on CPUs with AMX/AVX-512 BF16, float16 on GPUs, else float32" + recipe)
+    parser.add_argument("--class-weight", choices=("none", "auto"),
                         help="'auto' weights the loss by inverse class frequency, for imbalanced folders")
-    parser.add_argument("--deterministic", action="store_true", help="reproducible to the last digit: same seed and data, same history")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"images with more pixels are left out (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--deterministic", action="store_true", default=None,
+                        help="reproducible to the last digit: same seed and data, same history")
+    parser.add_argument("--max-pixels", type=int, help=f"images with more pixels are left out (default {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--cache-dir", help="decode cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
     parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
 
@@ -192,20 +224,32 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
+    config_module = _import("petal.config", "petal export")
     export = _import("petal.export", "petal export")
-    result = export.export_litert(args.run_dir, progress=_progress_bar())
-    p = result.parity
-    print(
-        f"LiteRT float32 vs Keras on {p.images} validation images: top-1 agreement {p.top1_agreement:.2%}, "
-        f"max |logit difference| {p.max_abs_logit_diff:.2e}, accuracy {p.litert_accuracy:.4f} (Keras {p.keras_accuracy:.4f})"
+    config = config_module.ExportConfig(
+        variants=tuple(v.strip() for v in args.quantize.split(",") if v.strip()),
+        int8_io=args.int8_io,
+        calibration_images=args.calibration_images,
+        min_float_agreement=args.min_agreement,
+        max_accuracy_drop=args.max_accuracy_drop,
+        gate=args.gate,
     )
-    print(f"Wrote {result.path} ({p.file_bytes / 1e6:.2f} MB)")
+    report = export.export_litert(args.run_dir, config, progress=_progress_bar())
+    print(report.markdown())
+    for variant in report.variants:
+        status = "wrote" if variant.passed else ("wrote despite the gate (--no-gate)" if args.gate is False else "REJECTED")
+        print(f"{variant.variant:>8}: {status} {variant.path}" + ("" if variant.passed else f" ({variant.failure})"))
+    print(f"Report: {Path(report.run) / 'export' / 'report.md'} (and report.json)")
+    if report.failed and config.gate:
+        names = ", ".join(v.variant for v in report.failed)
+        print(f"petal: error: {names} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 
 def cmd_predict(args) -> int:
     predict = _import("petal.predict", "petal predict")
-    with _native_log_silenced():
+    with native_log_silenced():
         predictor = predict.Predictor.load(args.model)
     failed = 0
     for result in predictor.predict(args.images, top_k=args.top_k):
@@ -230,7 +274,7 @@ def cmd_demo(args) -> int:
     print("== 2/4 train")
     result = _train(args, data_dir)
     print("== 3/4 export")
-    cmd_export(argparse.Namespace(run_dir=result.run.path))
+    cmd_export(build_parser().parse_args(["export", str(result.run.path)]))
     print("== 4/4 predict (a validation image of each of three classes, through the .tflite)")
     validation = result.run.split("validation")
     first_of_class = {}
@@ -248,21 +292,9 @@ def _train(args, data_dir):
     models = _import("petal.models", "petal train")
     model = args.model or models.DEFAULT_MODEL
     models.get_model_entry(model)
-    config = config_module.TrainConfig(
-        data_dir=str(Path(data_dir).resolve()),
-        model=model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        image_size=tuple(args.image_size),
-        val_split=args.val_split,
-        seed=args.seed,
-        split_method=args.split_method,
-        learning_rate=args.learning_rate,
-        class_weight=args.class_weight,
-        deterministic=args.deterministic,
-        max_pixels=args.max_pixels,
-        cache_dir=args.cache_dir,
-    )
+    settings = {name: getattr(args, name) for name in TRAIN_SETTINGS}
+    settings["image_size"] = tuple(args.image_size) if args.image_size else None
+    config = config_module.TrainConfig.for_model(str(Path(data_dir).resolve()), model, **settings)
     out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in a log
     result = train.train(config, out, resume=getattr(args, "resume", False), verbose=verbose, progress=_progress_bar())
@@ -281,35 +313,13 @@ def _progress_bar(desc: str = "decoding"):
 def _import(module: str, feature: str):
     """Import a module that needs the [train] extra, or say in one line how to get it."""
     try:
-        with _native_log_silenced() if "tensorflow" not in sys.modules else contextlib.nullcontext():
+        with native_log_silenced() if "tensorflow" not in sys.modules else contextlib.nullcontext():
             return importlib.import_module(module)
     except ImportError as exc:
         missing = (exc.name or "").split(".")[0]
         if missing in ("tensorflow", "keras", "matplotlib", "tqdm"):
             raise MissingDependencyError(feature, "train", missing) from None
         raise
-
-
-@contextlib.contextmanager
-def _native_log_silenced():
-    """Hide what native code prints to fd 2 while TensorFlow or LiteRT loads (oneDNN, absl and
-    XNNPACK notices, which no environment variable silences in TF 2.21); replay it on failure."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    failed = False
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace"))
 
 
 def _version() -> str:

@@ -12,22 +12,54 @@ from petal.errors import ConfigError
 from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD
 
 
+AUGMENTATIONS = {
+    "none": "no augmentation",
+    "tutorial": "the tutorial's RandomFlip('horizontal'), RandomRotation(0.1), RandomZoom(0.1)",
+    "crop-flip": "random resized crop (8-100% of the area, aspect 3/4-4/3) and horizontal flip",
+    "crop-flip-color": "crop-flip, then brightness, contrast and saturation jitter of up to 30%",
+    "randaugment": "crop-flip, then Keras's RandAugment (2 operations of magnitude 0.5)",
+}
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass
 class TrainConfig:
+    """Every setting of a run. The defaults are the tutorial's; `for_model` starts from a model's recipe."""
+
     data_dir: str
-    model: str = "tutorial-augmented"
+    model: str
     epochs: int = 15
     batch_size: int = 32
     image_size: tuple[int, int] = (180, 180)
     val_split: float = 0.2
     seed: int = 123
     split_method: str = "keras"
-    learning_rate: float = 0.001
+    optimizer: str = "adam"  # "adamw": decoupled weight decay
+    learning_rate: float = 0.001  # the peak rate when a schedule warms up
+    weight_decay: float = 0.0  # adamw only
+    lr_schedule: str = "constant"  # "cosine": decay to 0 over the run, after `warmup_epochs` of linear warm-up
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    augmentation: str = "none"  # a name of AUGMENTATIONS
+    mixup: float = 0.0  # MixUp alpha; 0 = off
+    cutmix: float = 0.0  # CutMix alpha; 0 = off
+    early_stopping: int = 0  # stop after this many epochs without a better val accuracy, keep the best; 0 = off
+    precision: str = "float32"  # "auto": bfloat16 where the CPU computes it natively, float16 on a GPU
     class_weight: str = "none"  # "auto": weight the loss by inverse class frequency
     deterministic: bool = False  # same seed and data -> the same history, at some cost in speed
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: str | None = None  # None: $PETAL_CACHE_DIR or ~/.cache/petal
     resize_method: str = field(default=RESIZE_METHOD, init=False)  # recorded, not chosen: see petal.image
+
+    @classmethod
+    def for_model(cls, data_dir: str, model: str, **settings) -> "TrainConfig":
+        """The model's recipe (petal.models registry), overridden by every setting that is not None."""
+        from petal.models import get_model_entry
+
+        recipe = get_model_entry(model).recipe
+        return cls(data_dir=data_dir, model=model, **{**recipe, **{k: v for k, v in settings.items() if v is not None}})
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)
@@ -36,10 +68,20 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
-        if self.class_weight not in ("none", "auto"):
-            raise ConfigError(f"class weight must be 'none' or 'auto'. Received: class_weight={self.class_weight!r}")
+        for name, valid in (("class_weight", ("none", "auto")), ("optimizer", OPTIMIZERS), ("augmentation", tuple(AUGMENTATIONS)),
+                            ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"{name} must be one of {', '.join(valid)}. Received: {name}={getattr(self, name)!r}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning rate must be positive. Received: learning_rate={self.learning_rate}")
+        if self.weight_decay < 0 or (self.weight_decay and self.optimizer != "adamw"):
+            raise ConfigError(f"weight decay needs optimizer 'adamw' and a value >= 0. Received: weight_decay={self.weight_decay}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"warm-up must be shorter than the run. Received: warmup_epochs={self.warmup_epochs}, epochs={self.epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label smoothing must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
+        if self.mixup < 0 or self.cutmix < 0 or self.early_stopping < 0:
+            raise ConfigError("mixup, cutmix and early_stopping must not be negative")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -61,3 +103,38 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+EXPORT_VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+@dataclass
+class ExportConfig:
+    """Which LiteRT variants `petal export` makes, and the parity gate each must pass to be written."""
+
+    variants: tuple[str, ...] = EXPORT_VARIANTS
+    int8_io: str = "float32"  # the int8 variant's input/output tensors; uint8 or int8 for integer-only accelerators
+    calibration_images: int = 300  # training images (never validation images) that calibrate int8
+    min_float_agreement: float = 0.995  # float32 and float16: share of validation images with Keras's top-1 class
+    max_float32_logit_diff: float = 1e-3  # float32 only: largest |logit difference| from Keras
+    max_accuracy_drop: float = 0.01  # dynamic and int8: accuracy lost against Keras, as a fraction
+    gate: bool = True  # False: write failing variants too (still reported as failed)
+    threads: tuple[int, ...] = (1, 2)  # interpreter thread counts that speed is measured at
+
+    def __post_init__(self):
+        self.variants = tuple(self.variants)
+        self.threads = tuple(int(t) for t in self.threads)
+        unknown = [v for v in self.variants if v not in EXPORT_VARIANTS]
+        if unknown or not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ConfigError(f"variants must be distinct names from {', '.join(EXPORT_VARIANTS)}. Received: {','.join(self.variants)}")
+        if self.int8_io not in ("float32", "uint8", "int8"):
+            raise ConfigError(f"int8 input/output type must be float32, uint8 or int8. Received: int8_io={self.int8_io!r}")
+        if self.calibration_images < 1:
+            raise ConfigError(f"calibration images must be at least 1. Received: calibration_images={self.calibration_images}")
+        if not 0 <= self.min_float_agreement <= 1 or not 0 <= self.max_accuracy_drop <= 1:
+            raise ConfigError("agreement and accuracy drop are fractions between 0 and 1")
+        if not self.threads or min(self.threads) < 1:
+            raise ConfigError(f"thread counts must be at least 1. Received: threads={self.threads}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

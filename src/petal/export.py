@@ -1,18 +1,23 @@
-"""Convert a run's model to a float32 LiteRT `.tflite` and prove it agrees with Keras.
+"""Convert a run's model to LiteRT variants and let only those that agree with Keras through.
 
-Conversion allows built-in ops only (a Flex op would need the TensorFlow runtime on the device) and
-sees only the classifier (augmentation never enters it). The file is written only after it agreed
-with the Keras model on the run's whole validation split, through the same decoded images.
+Every variant (float32, float16, dynamic-range, full-integer int8) is converted with built-in ops
+only (a Flex op would need the TensorFlow runtime on the device) from one SavedModel of the
+classifier (augmentation never enters it). Each is then run through `ai_edge_litert` on the run's
+whole validation split, beside the Keras model and through the same decoded images, in one
+streaming pass. A variant is written to `export/` only if it passes the parity gate of its
+`ExportConfig`; the report (JSON and Markdown) says why one did not.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -21,44 +26,151 @@ import tensorflow as tf
 import petal
 from petal import atomic
 from petal.cache import CachedImages
+from petal.config import ExportConfig
+from petal.data import ImageFolder, write_file_list
 from petal.errors import ExportError
 from petal.image import RESIZE_METHOD
 from petal.metadata import embed_metadata
-from petal.predict import LiteRTRunner
+from petal.native_log import native_log_silenced
+from petal.predict import LiteRTRunner, softmax
 from petal.run import RunFolder
 from petal.train import decode_cache
 
 log = logging.getLogger(__name__)
 
-MIN_TOP1_AGREEMENT = 0.995
-MAX_ABS_LOGIT_DIFF = 1e-3
 PARITY_BATCH = 32
+THROUGHPUT_BATCH = 32
+
+# What each variant's quantization is, as recorded in the file's metadata.
+QUANTIZATION = {
+    "float32": None,
+    "float16": "float16 weights",
+    "dynamic": "dynamic-range: int8 weights, float activations",
+    "int8": "full-integer: int8 weights and activations",
+}
 
 
 @dataclass
-class ParityReport:
+class Speed:
+    """Median single-image latency and batch throughput, per interpreter thread count."""
+
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    images_per_second: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class VariantReport:
     variant: str
     images: int
+    accuracy: float
+    accuracy_drop: float  # Keras accuracy minus this variant's, in [0, 1]
     top1_agreement: float
     max_abs_logit_diff: float
-    keras_accuracy: float
-    litert_accuracy: float
+    max_abs_probability_diff: float
     file_bytes: int
+    input_dtype: str
+    speed: Speed
     passed: bool
+    failure: str | None = None  # why the gate stopped it
+    path: str | None = None  # export/model-VARIANT.tflite, or export/rejected/ when the gate stopped it
 
 
 @dataclass
-class ExportResult:
-    path: Path | None
-    parity: ParityReport
+class ExportReport:
+    run: str
+    config: dict
+    keras_accuracy: float
+    keras_file_bytes: int
+    keras_speed: Speed  # TensorFlow with its default threads
+    images: int
+    variants: list[VariantReport]
+
+    @property
+    def failed(self) -> list[VariantReport]:
+        return [v for v in self.variants if not v.passed]
+
+    def markdown(self) -> str:
+        threads = sorted({t for v in self.variants for t in v.speed.latency_ms})
+        head = ["variant", "size (MB)", "accuracy", "Δ acc (points)", "top-1 agreement", "max abs Δlogit", "max abs Δprob"]
+        head += [f"latency ms ({t} thr)" for t in threads] + [f"img/s ({t} thr)" for t in threads] + ["gate"]
+        rows = [["Keras", f"{self.keras_file_bytes / 1e6:.2f}", f"{self.keras_accuracy:.4f}", *["—"] * (len(head) - 4), "reference"]]
+        for v in self.variants:
+            io = "" if v.input_dtype == "float32" else f" ({v.input_dtype} io)"
+            rows.append([
+                v.variant + io, f"{v.file_bytes / 1e6:.2f}", f"{v.accuracy:.4f}", f"{-100 * v.accuracy_drop:+.2f}",
+                f"{v.top1_agreement:.2%}", f"{v.max_abs_logit_diff:.2e}", f"{v.max_abs_probability_diff:.2e}",
+                *[f"{v.speed.latency_ms[t]:.2f}" for t in threads], *[f"{v.speed.images_per_second[t]:.0f}" for t in threads],
+                "pass" if v.passed else f"FAIL: {v.failure}",
+            ])
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        keras_speed = self.keras_speed.latency_ms[0], self.keras_speed.images_per_second[0]
+        note = (f"\n{self.images} validation images of `{self.run}`. Δ acc: the variant's accuracy minus Keras's. "
+                f"Keras itself (TensorFlow, default threads): {keras_speed[0]:.2f} ms per image, {keras_speed[1]:.0f} img/s.\n")
+        return "\n".join(lines) + "\n" + note
 
 
-def convert_to_tflite(model) -> bytes:
-    """Float32 `.tflite` bytes of a Keras classifier, built-in ops only, with a dynamic batch size.
+def export_litert(
+    run_dir: str | os.PathLike,
+    config: ExportConfig | None = None,
+    calibration_images: np.ndarray | None = None,
+    progress=None,
+) -> ExportReport:
+    """Convert, check and write every variant of `config`; raise ExportError if the gate stopped one.
 
-    Goes through a SavedModel written by Keras's `ExportArchive`, the conversion path TensorFlow
-    documents for Keras 3 models.
+    `calibration_images` (N, H, W, 3) uint8 overrides the int8 calibration set, which is otherwise
+    `config.calibration_images` training images (never validation images), listed in export/calibration.csv.
     """
+    config = config or ExportConfig()
+    run = RunFolder(run_dir)
+    run.require("config.json", "labels.txt", "model.keras")
+    train_config = run.config()
+    model = run.load_model()
+    cache = decode_cache(train_config)
+    if "int8" in config.variants and calibration_images is None:
+        calibration_images = _calibration_set(run, cache, config, progress)
+    elif "int8" in config.variants:
+        _remove_stale(run.export_dir / "calibration.csv")  # the caller's own images calibrate this time
+
+    started = time.perf_counter()
+    with native_log_silenced():  # the converter's MLIR notices
+        converted = convert_variants(model, config, calibration_images)
+    log.info("converted %s in %.1f s", ", ".join(converted), time.perf_counter() - started)
+    files = {
+        variant: embed_metadata(tflite, model_metadata(run, variant, _input_dtype(tflite)))
+        for variant, tflite in converted.items()
+    }
+
+    validation = cache.load(run.split("validation"), progress=progress)
+    keras_accuracy, reports = compare_with_keras(model, files, validation, config)
+    speeds = {variant: measure_speed(tflite, validation, config.threads) for variant, tflite in files.items()}
+    for report in reports:
+        report.speed = speeds[report.variant]
+
+    for report in reports:
+        deployable = run.export_dir / f"model-{report.variant}.tflite"
+        rejected = run.export_dir / "rejected" / deployable.name  # for inspection, never where a model is looked for
+        keep = report.passed or not config.gate
+        report.path = str(deployable if keep else rejected)
+        _remove_stale(rejected if keep else deployable)
+        atomic.write_bytes(report.path, files[report.variant])
+    result = ExportReport(
+        run=str(run.path),
+        config=config.to_dict(),
+        keras_accuracy=keras_accuracy,
+        keras_file_bytes=run.model_path.stat().st_size,
+        keras_speed=measure_keras_speed(model, validation),
+        images=len(validation),
+        variants=reports,
+    )
+    atomic.write_json(run.export_dir / "report.json", asdict(result))
+    atomic.write_text(run.export_dir / "report.md", result.markdown())
+    _remove_stale(run.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
+    return result
+
+
+def convert_variants(model, config: ExportConfig, calibration_images: np.ndarray | None) -> dict[str, bytes]:
+    """`.tflite` bytes of each variant in `config.variants`, all from one SavedModel."""
     height, width = model.input_shape[1:3]
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -69,20 +181,50 @@ def convert_to_tflite(model) -> bytes:
     )
     with tempfile.TemporaryDirectory(prefix="petal-export-") as saved_model:
         archive.write_out(saved_model, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        try:
-            return converter.convert()
-        except Exception as exc:
-            raise ExportError(f"LiteRT conversion with built-in ops failed: {exc}") from None
+        return {variant: _convert(saved_model, variant, config, calibration_images) for variant in config.variants}
 
 
-def model_metadata(run: RunFolder) -> dict:
+def _convert(saved_model: str, variant: str, config: ExportConfig, calibration_images: np.ndarray | None) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        converter.representative_dataset = lambda: _representative(calibration_images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if config.int8_io != "float32":
+            converter.inference_input_type = converter.inference_output_type = tf.as_dtype(config.int8_io)
+    try:
+        return converter.convert()
+    except Exception as exc:
+        raise ExportError(f"LiteRT conversion of the {variant} variant with built-in ops failed: {exc}") from None
+
+
+def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:
+    for image in images:
+        yield [image[np.newaxis].astype(np.float32)]
+
+
+def _calibration_set(run: RunFolder, cache, config: ExportConfig, progress) -> np.ndarray:
+    """A seeded sample of training images, recorded in export/calibration.csv."""
+    train = run.split("train")
+    count = min(config.calibration_images, len(train))
+    picked = np.sort(np.random.RandomState(run.config().seed).choice(len(train), count, replace=False))
+    sample = ImageFolder(train.root, train.class_names, tuple(train.paths[i] for i in picked), train.labels[picked])
+    images = cache.load(sample, progress=progress)
+    write_file_list(run.export_dir / "calibration.csv", sample)
+    return images.gather(np.arange(len(images)))
+
+
+def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = "float32") -> dict:
     """What a `.tflite` must carry to be used alone: labels and the exact preprocessing."""
     config = run.config()
     return {
         "petal_version": petal.__version__,
         "model": config.model,
+        "variant": variant,
         "labels": list(run.class_names()),
         "output": "logits",
         "preprocessing": {
@@ -91,62 +233,117 @@ def model_metadata(run: RunFolder) -> dict:
             "color": "RGB",
             "exif_orientation": "applied",
             "value_range": [0, 255],
-            "input_dtype": "float32",
-            "quantization": None,
+            "input_dtype": input_dtype,
+            "quantization": QUANTIZATION[variant],
             "max_pixels": config.max_pixels,
         },
     }
 
 
-def check_parity(model, tflite: bytes, images: CachedImages, variant: str = "float32") -> ParityReport:
-    """Run Keras and LiteRT on every image of `images` and compare logits and top-1 classes."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    runner = LiteRTRunner(Interpreter(model_content=tflite))
+def compare_with_keras(model, files: dict[str, bytes], images: CachedImages, config: ExportConfig) -> tuple[float, list[VariantReport]]:
+    """Run Keras and every variant on each batch of `images` once; compare logits, probabilities, top-1.
+    Returns Keras's accuracy and one report per variant."""
+    if len(images) == 0:
+        raise ExportError("the run's validation split has no usable images to check the export against")
+    runners = {variant: _runner(tflite) for variant, tflite in files.items()}
+    stats = {variant: {"agree": 0, "right": 0, "logit": 0.0, "prob": 0.0} for variant in files}
+    keras_right = 0
     labels = images.labels
-    agree = keras_right = litert_right = 0
-    max_diff = 0.0
     for start in range(0, len(images), PARITY_BATCH):
         positions = np.arange(start, min(start + PARITY_BATCH, len(images)))
         batch = images.gather(positions).astype(np.float32)
-        keras_logits = np.asarray(model(batch, training=False))
-        litert_logits = runner(batch)
-        max_diff = max(max_diff, float(np.abs(keras_logits - litert_logits).max()))
-        keras_top, litert_top = keras_logits.argmax(-1), litert_logits.argmax(-1)
-        agree += int((keras_top == litert_top).sum())
+        keras_logits = np.asarray(model(batch, training=False), dtype=np.float32)
+        keras_probs, keras_top = softmax(keras_logits), keras_logits.argmax(-1)
         keras_right += int((keras_top == labels[positions]).sum())
-        litert_right += int((litert_top == labels[positions]).sum())
+        for variant, runner in runners.items():
+            logits = runner(batch)
+            s = stats[variant]
+            s["agree"] += int((logits.argmax(-1) == keras_top).sum())
+            s["right"] += int((logits.argmax(-1) == labels[positions]).sum())
+            s["logit"] = max(s["logit"], float(np.abs(logits - keras_logits).max()))
+            s["prob"] = max(s["prob"], float(np.abs(softmax(logits) - keras_probs).max()))
     n = len(images)
-    agreement = agree / n
-    return ParityReport(
-        variant=variant,
-        images=n,
-        top1_agreement=agreement,
-        max_abs_logit_diff=max_diff,
-        keras_accuracy=keras_right / n,
-        litert_accuracy=litert_right / n,
-        file_bytes=len(tflite),
-        passed=agreement >= MIN_TOP1_AGREEMENT and max_diff <= MAX_ABS_LOGIT_DIFF,
-    )
-
-
-def export_litert(run_dir: str | os.PathLike, progress=None) -> ExportResult:
-    """Write RUN_DIR/export/model-float32.tflite (with labels and preprocessing inside) if it passes parity."""
-    run = RunFolder(run_dir)
-    run.require("config.json", "labels.txt", "model.keras")
-    model = run.load_model()
-    started = time.perf_counter()
-    tflite = embed_metadata(convert_to_tflite(model), model_metadata(run))
-    log.info("converted to LiteRT in %.1f s (%.2f MB)", time.perf_counter() - started, len(tflite) / 1e6)
-    validation = decode_cache(run.config()).load(run.split("validation"), progress=progress)
-    parity = check_parity(model, tflite, validation)
-    atomic.write_json(run.export_dir / "parity.json", asdict(parity))
-    if not parity.passed:
-        raise ExportError(
-            f"{run.path}: the float32 .tflite disagrees with the Keras model on the validation split "
-            f"(top-1 agreement {parity.top1_agreement:.2%}, need >= {MIN_TOP1_AGREEMENT:.1%}; "
-            f"max |logit difference| {parity.max_abs_logit_diff:.2e}, need <= {MAX_ABS_LOGIT_DIFF:.0e}); not written"
+    reports = []
+    for variant, s in stats.items():
+        report = VariantReport(
+            variant=variant,
+            images=n,
+            accuracy=s["right"] / n,
+            accuracy_drop=(keras_right - s["right"]) / n,
+            top1_agreement=s["agree"] / n,
+            max_abs_logit_diff=s["logit"],
+            max_abs_probability_diff=s["prob"],
+            file_bytes=len(files[variant]),
+            input_dtype=_input_dtype(files[variant]),
+            speed=Speed(),
+            passed=True,
         )
-    path = run.export_dir / "model-float32.tflite"
-    atomic.write_bytes(path, tflite)
-    return ExportResult(path, parity)
+        report.failure = gate_failure(report, config)
+        report.passed = report.failure is None
+        reports.append(report)
+    return keras_right / n, reports
+
+
+def gate_failure(report: VariantReport, config: ExportConfig) -> str | None:
+    """Why `report` fails the parity gate, or None: float variants must agree with Keras on almost
+    every image; quantized ones may lose at most `max_accuracy_drop` accuracy."""
+    if report.variant in ("float32", "float16"):
+        if report.top1_agreement < config.min_float_agreement:
+            return f"top-1 agreement with Keras {report.top1_agreement:.2%} < {config.min_float_agreement:.1%}"
+        if report.variant == "float32" and report.max_abs_logit_diff > config.max_float32_logit_diff:
+            return f"max |logit difference| {report.max_abs_logit_diff:.2e} > {config.max_float32_logit_diff:.0e}"
+        return None
+    if report.accuracy_drop > config.max_accuracy_drop:
+        return f"accuracy {100 * report.accuracy_drop:.2f} points below Keras (at most {100 * config.max_accuracy_drop:.2f} allowed)"
+    return None
+
+
+def measure_speed(tflite: bytes, images: CachedImages, threads: tuple[int, ...]) -> Speed:
+    """Median latency of one image and throughput on batches, for each interpreter thread count."""
+    batch = images.gather(np.arange(min(THROUGHPUT_BATCH, len(images)))).astype(np.float32)
+    speed = Speed()
+    for count in threads:
+        speed.latency_ms[count], speed.images_per_second[count] = _time_calls(_runner(tflite, count), batch)
+    return speed
+
+
+def measure_keras_speed(model, images: CachedImages) -> Speed:
+    batch = images.gather(np.arange(min(THROUGHPUT_BATCH, len(images)))).astype(np.float32)
+    latency, throughput = _time_calls(lambda x: np.asarray(model(x, training=False)), batch)
+    return Speed(latency_ms={0: latency}, images_per_second={0: throughput})
+
+
+def _time_calls(call, batch: np.ndarray, budget_s: float = 1.0) -> tuple[float, float]:
+    """(median ms for one image, images per second on `batch`), each within about `budget_s`."""
+    single = batch[:1]
+    call(single), call(single)  # warm-up: allocation, delegate set-up
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
+        t = time.perf_counter()
+        call(single)
+        times.append(time.perf_counter() - t)
+    call(batch)
+    done, t = 0, time.perf_counter()
+    while done < 3 * len(batch) or time.perf_counter() - t < budget_s:
+        call(batch)
+        done += len(batch)
+    return 1000 * statistics.median(times), done / (time.perf_counter() - t)
+
+
+def _runner(tflite: bytes, num_threads: int | None = None) -> LiteRTRunner:
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_log_silenced():  # "Created TensorFlow Lite XNNPACK delegate"
+        return LiteRTRunner(Interpreter(model_content=tflite, num_threads=num_threads))
+
+
+def _input_dtype(tflite: bytes) -> str:
+    return np.dtype(_runner(tflite).input["dtype"]).name
+
+
+def _remove_stale(path: Path) -> None:
+    if path.exists():
+        path.unlink()
+        log.info("removed %s: it no longer matches this export", path)
+

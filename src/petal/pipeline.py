@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from petal.augment import Augment
 from petal.cache import CachedImages
 
 
@@ -35,12 +36,13 @@ class EpochOrder:
 def make_dataset(
     images: CachedImages,
     batch_size: int,
+    num_classes: int,
     *,
     shuffle_seed: int | None = None,
     start_epoch: int = 0,
-    augmentation=None,
+    augment: Augment | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images in 0..255, int32 labels), the model's input contract."""
+    """Batches of (float32 images in 0..255, one-hot float32 labels), the model's input contract."""
     order = EpochOrder(len(images), batch_size, shuffle_seed, start_epoch)
     height, width = images.image_size
     labels = images.labels
@@ -52,13 +54,11 @@ def make_dataset(
         batch, batch_labels = tf.numpy_function(load, [positions], [tf.uint8, tf.int32], stateful=False)
         batch.set_shape([None, height, width, 3])
         batch_labels.set_shape([None])
-        return tf.cast(batch, tf.float32), batch_labels
+        return tf.cast(batch, tf.float32), tf.one_hot(batch_labels, num_classes)
 
     ds = tf.data.Dataset.from_generator(order, output_signature=tf.TensorSpec([None], tf.int64))
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(images) // batch_size)))  # Keras can show steps
     ds = ds.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augmentation is not None:
-        ds = ds.map(
-            lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

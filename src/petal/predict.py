@@ -112,13 +112,17 @@ class Predictor:
 
 
 class LiteRTRunner:
-    """Calls a LiteRT interpreter on batches of any size, resizing its input only when the size changes."""
+    """Calls a LiteRT interpreter on float batches of any size and returns float logits.
+
+    Resizes the input only when the batch size changes; quantizes the input and dequantizes the
+    output of integer-only models (int8 with uint8/int8 tensors) with the scales stored in the file.
+    """
 
     def __init__(self, interpreter):
         self.interpreter = interpreter
         interpreter.allocate_tensors()  # delegates (XNNPACK) are applied here, at load time
         self.input = interpreter.get_input_details()[0]
-        self.output_index = interpreter.get_output_details()[0]["index"]
+        self.output = interpreter.get_output_details()[0]
         self.batch = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -126,9 +130,25 @@ class LiteRTRunner:
             self.interpreter.resize_tensor_input(self.input["index"], [len(batch), *self.input["shape"][1:]])
             self.interpreter.allocate_tensors()
             self.batch = len(batch)
-        self.interpreter.set_tensor(self.input["index"], batch.astype(self.input["dtype"]))
+        self.interpreter.set_tensor(self.input["index"], _quantize(batch, self.input))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index).copy()
+        return _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def _quantize(values: np.ndarray, tensor: dict) -> np.ndarray:
+    dtype = np.dtype(tensor["dtype"])
+    if dtype.kind == "f":
+        return values.astype(dtype)
+    scale, zero_point = tensor["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(values: np.ndarray, tensor: dict) -> np.ndarray:
+    if np.dtype(tensor["dtype"]).kind == "f":
+        return values.astype(np.float32)  # a copy: the interpreter reuses its buffer
+    scale, zero_point = tensor["quantization"]
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@
     samples.png          a 3x3 grid of training images; augmentation.png the augmentation preview
     model.keras          the trained classifier (written when training ends)
     checkpoint/          last.keras + state.json after every epoch, for --resume
-    export/              model-float32.tflite and parity.json, written by `petal export`
+    export/              model-VARIANT.tflite, report.json/.md, calibration.csv, written by `petal export`
 """
 
 from __future__ import annotations

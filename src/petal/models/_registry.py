@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from petal.errors import ConfigError
@@ -15,12 +15,10 @@ class ModelSpec:
     """What a registry builder returns.
 
     `classifier` maps float32 images with values 0..255 to class logits; it is what gets saved,
-    exported and served. `augmentation` runs only in the training input pipeline, so no random
-    op ever reaches an exported graph.
+    exported and served. Augmentation is not part of it: see `petal.augment`.
     """
 
     classifier: "keras.Model"  # noqa: F821 - keras is imported by the builders
-    augmentation: "keras.Sequential | None" = None
 
 
 @dataclass(frozen=True)
@@ -28,18 +26,23 @@ class ModelEntry:
     name: str
     description: str
     builder: Callable[..., ModelSpec]
+    recipe: dict = field(default_factory=dict)  # TrainConfig values this model trains with unless told otherwise
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str):
-    """Decorator: `@register_model("tutorial", "...")` on `builder(num_classes, image_size) -> ModelSpec`."""
+def register_model(name: str, description: str, recipe: dict | None = None):
+    """Decorator: `@register_model("tutorial", "...")` on `builder(num_classes, image_size) -> ModelSpec`.
+
+    `recipe` holds the TrainConfig values (epochs, image size, optimizer, augmentation...) the model
+    was measured with; the user's own settings override them.
+    """
 
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model name registered twice: {name}")
-        _REGISTRY[name] = ModelEntry(name, description, builder)
+        _REGISTRY[name] = ModelEntry(name, description, builder, dict(recipe or {}))
         return builder
 
     return decorate

@@ -27,12 +27,6 @@ def _tutorial_cnn(num_classes: int, image_size: tuple[int, int], dropout: float 
     return keras.Model(inputs, outputs, name=name)
 
 
-def tutorial_augmentation() -> keras.Sequential:
-    return keras.Sequential(
-        [layers.RandomFlip("horizontal"), layers.RandomRotation(0.1), layers.RandomZoom(0.1)], name="augmentation"
-    )
-
-
 @register_model("tutorial", "The tutorial's first CNN: 3x Conv2D+MaxPooling (16/32/64), Dense 128; no augmentation")
 def tutorial(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
     return ModelSpec(_tutorial_cnn(num_classes, image_size, dropout=None, name="tutorial"))
@@ -41,9 +35,7 @@ def tutorial(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
 @register_model(
     "tutorial-augmented",
     "The tutorial's second CNN: flip/rotate(0.1)/zoom(0.1) augmentation and Dropout(0.2)",
+    recipe={"augmentation": "tutorial"},
 )
 def tutorial_augmented(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
-    return ModelSpec(
-        _tutorial_cnn(num_classes, image_size, dropout=0.2, name="tutorial_augmented"),
-        augmentation=tutorial_augmentation(),
-    )
+    return ModelSpec(_tutorial_cnn(num_classes, image_size, dropout=0.2, name="tutorial_augmented"))

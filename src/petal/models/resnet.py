@@ -1,0 +1,64 @@
+"""`petal-resnet`: a small residual network designed for training from scratch on a CPU.
+
+Measured, not assumed (docs/BENCHMARKS.md): plain 3x3 convolutions train several times faster per
+image on a 2-core CPU than depthwise ones of fewer FLOPs, so the blocks are ResNet basic blocks.
+Every stage halves the resolution right away, so no convolution runs at full input size after the
+stem; batch norm everywhere (momentum 0.9, because small data sets give few steps per epoch) and
+global average pooling instead of the tutorial's 4-million-weight dense layer keep it at about half
+a million parameters: a float32 `.tflite` under 2 MB.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from petal.models._registry import ModelSpec, register_model
+
+WIDTHS = (32, 64, 96, 128)
+BN_MOMENTUM = 0.9
+
+# The training recipe this architecture was measured with; TrainConfig fields it overrides.
+RECIPE = {
+    "image_size": (128, 128),
+    "epochs": 60,
+    "batch_size": 64,
+    "optimizer": "adamw",
+    "learning_rate": 0.002,
+    "weight_decay": 0.05,
+    "lr_schedule": "cosine",
+    "warmup_epochs": 3,
+    "label_smoothing": 0.1,
+    "augmentation": "crop-flip",
+}
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _basic_block(x, filters: int, stride: int, name: str):
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_proj", relu=False)
+    h = _conv_bn(x, filters, 3, stride, f"{name}_a")
+    h = _conv_bn(h, filters, 3, 1, f"{name}_b", relu=False)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, h]))
+
+
+@register_model(
+    "petal-resnet",
+    "Small ResNet for CPUs: 4 residual stages (32-128 wide), batch norm, global pooling; ~0.5 M params, <2 MB .tflite",
+    recipe=RECIPE,
+)
+def petal_resnet(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
+    inputs = keras.Input(shape=(*image_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
+    x = _conv_bn(x, WIDTHS[0], 3, 2, "stem")
+    for stage, width in enumerate(WIDTHS, start=1):
+        x = _basic_block(x, width, 2, f"stage{stage}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 logits under mixed precision
+    return ModelSpec(keras.Model(inputs, outputs, name="petal_resnet"))

@@ -1,0 +1,63 @@
+"""`pip install petal` without extras is enough to predict from an exported `.tflite`, and no more."""
+
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from conftest import CLASS_COLOURS, make_folder, make_image
+from petal.config import ExportConfig, TrainConfig
+from petal.export import export_litert
+from petal.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def light_env(tmp_path_factory):
+    """A new virtual environment with petal installed from this checkout, without extras."""
+    root = tmp_path_factory.mktemp("light")
+    venv.create(root / "venv", with_pip=True)
+    python = root / "venv" / "bin" / "python"
+    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(REPO)],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr
+    return root / "venv" / "bin"
+
+
+@pytest.fixture(scope="module")
+def lone_tflite(tmp_path_factory):
+    """An exported int8 `.tflite`, copied alone into an empty folder."""
+    root = tmp_path_factory.mktemp("model")
+    data = make_folder(root / "photos", per_class=12)
+    config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))
+    run = train(config, root / "run", verbose=0).run.path
+    report = export_litert(run, ExportConfig(variants=("int8",), int8_io="uint8"))
+    alone = root / "alone" / "flowers.tflite"
+    alone.parent.mkdir()
+    shutil.copy(report.variants[0].path, alone)
+    return alone
+
+
+def test_the_light_install_has_no_tensorflow_keras_or_matplotlib(light_env):
+    for module in ("tensorflow", "keras", "matplotlib"):
+        probe = subprocess.run([light_env / "python", "-c", f"import {module}"], capture_output=True, text=True)
+        assert probe.returncode != 0, f"{module} was installed without the [train] extra"
+
+
+def test_the_light_install_predicts_with_the_labels_inside_the_file(light_env, lone_tflite, tmp_path):
+    photo = make_image(tmp_path / "query.jpg", CLASS_COLOURS["green"], seed=3)
+    result = subprocess.run([light_env / "petal", "predict", lone_tflite, photo], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{photo} most likely belongs to green with a ")
+
+
+def test_the_light_install_says_in_one_line_how_to_get_training(light_env, tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=3)
+    result = subprocess.run([light_env / "petal", "train", data], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("petal: error: petal train needs ") and line.endswith("pip install 'petal[train]'")

@@ -1,0 +1,88 @@
+"""The training recipe around the default model: config resolution, augmentation, precision, early stopping."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_folder
+from petal import precision
+from petal.augment import build_augmentation
+from petal.config import AUGMENTATIONS, TrainConfig
+from petal.errors import ConfigError
+from petal.models import get_model_entry
+from petal.train import learning_rate, train
+
+
+def test_a_models_recipe_fills_the_config_and_the_users_settings_win():
+    config = TrainConfig.for_model("photos", "petal-resnet", epochs=5, learning_rate=None)
+    recipe = get_model_entry("petal-resnet").recipe
+    assert config.epochs == 5
+    assert config.learning_rate == recipe["learning_rate"]
+    assert config.image_size == recipe["image_size"] and config.optimizer == "adamw"
+    tutorial = TrainConfig.for_model("photos", "tutorial")
+    assert (tutorial.epochs, tutorial.image_size, tutorial.optimizer, tutorial.augmentation) == (15, (180, 180), "adam", "none")
+
+
+@pytest.mark.parametrize("changes", [{"optimizer": "sgd"}, {"weight_decay": 0.1}, {"lr_schedule": "step"},
+                                     {"warmup_epochs": 15}, {"label_smoothing": 1.0}, {"augmentation": "cutout"},
+                                     {"precision": "int8"}, {"mixup": -1.0}])
+def test_config_refuses_nonsense_recipes(changes):
+    with pytest.raises(ConfigError):
+        TrainConfig("photos", "tutorial", **changes)
+
+
+@pytest.mark.parametrize("policy", list(AUGMENTATIONS))
+def test_every_augmentation_keeps_shape_and_value_range(policy):
+    augment = build_augmentation(policy, (48, 48), mixup=0.2 if policy == "crop-flip" else 0.0)
+    images = tf.random.uniform([6, 48, 48, 3], 0, 255)
+    labels = tf.one_hot([0, 1, 2, 0, 1, 2], 3)
+    if augment is None:
+        assert policy == "none"
+        return
+    out, mixed = augment(images, labels)
+    assert out.shape == (6, 48, 48, 3)
+    assert float(tf.reduce_min(out)) >= -1e-3 and float(tf.reduce_max(out)) <= 255.001
+    np.testing.assert_allclose(tf.reduce_sum(mixed, axis=1), 1.0, atol=1e-5)
+
+
+def test_mixup_mixes_the_labels_too():
+    augment = build_augmentation("none", (16, 16), mixup=1.0)
+    _, labels = augment(tf.random.uniform([32, 16, 16, 3], 0, 255), tf.one_hot(np.arange(32) % 2, 2))
+    assert 0.0 < float(tf.reduce_min(tf.reduce_max(labels, axis=1))) < 1.0
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    config = TrainConfig("photos", "tutorial", epochs=10, lr_schedule="cosine", warmup_epochs=2, learning_rate=0.01,
+                         optimizer="adamw", weight_decay=0.05)
+    schedule = learning_rate(config, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 10, 20, 60, 100)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(0.005) and rates[2] == pytest.approx(0.01)
+    assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_auto_precision_follows_the_cpus_features(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [])
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert precision.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert precision.resolve_precision("auto") == "float32"
+    assert precision.resolve_precision("float32") == "float32"
+
+
+def test_mixed_precision_training_saves_a_float32_model_and_early_stopping_keeps_the_best_epoch(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=10)
+    config = TrainConfig.for_model(str(data), "petal-resnet", epochs=4, image_size=(32, 32), batch_size=8,
+                                   precision="bfloat16", early_stopping=1, warmup_epochs=0)
+
+    result = train(config, tmp_path / "run", verbose=0)
+
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    history = result.history["val_accuracy"]
+    assert state["best_epoch"] == 1 + int(np.argmax(history))
+    assert len(history) == 4 or len(history) == state["best_epoch"] + 1  # stopped one epoch after the best
