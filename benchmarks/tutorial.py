@@ -55,9 +55,10 @@ def main():
             petal + ["train", args.data, "--model", model, "--epochs", str(epochs), "--out", str(run_dir), "--cache-dir", str(cache)],
             args.out / f"train-{model}.log",
         )
-        exported = run_measured(petal + ["export", str(run_dir)], args.out / f"export-{model}.log")
+        exported = run_measured(petal + ["export", str(run_dir), "--quantize", "float32"], args.out / f"export-{model}.log")
         history = _history(run_dir / "history.csv")
-        parity = json.loads((run_dir / "export" / "parity.json").read_text()) if (run_dir / "export" / "parity.json").exists() else {}
+        report_path = run_dir / "export" / "report.json"
+        parity = json.loads(report_path.read_text())["variants"][0] if report_path.exists() else {}
         log_text = (args.out / f"train-{model}.log").read_text()
         rows.append({
             "run": f"petal {model} ({epochs} ep)", **measured,

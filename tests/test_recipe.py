@@ -23,7 +23,7 @@ def test_a_models_recipe_fills_the_config_and_the_users_settings_win():
     assert config.learning_rate == recipe["learning_rate"]
     assert config.image_size == recipe["image_size"] and config.optimizer == "adamw"
     tutorial = TrainConfig.for_model("photos", "tutorial")
-    assert (tutorial.epochs, tutorial.image_size, tutorial.optimizer, tutorial.augmentation) == (15, (180, 180), "adam", "none")
+    assert (tutorial.epochs, tutorial.image_size, tutorial.optimizer, tutorial.augmentation) == (10, (180, 180), "adam", "none")
 
 
 @pytest.mark.parametrize("changes", [{"optimizer": "sgd"}, {"weight_decay": 0.1}, {"lr_schedule": "step"},

@@ -58,7 +58,7 @@ def tutorial_layers() -> keras.Sequential:
     return keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1), layers.RandomZoom(0.1)], name="augmentation")
 
 
-def random_resized_crop(images: tf.Tensor, size: tuple[int, int], area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)) -> tf.Tensor:
+def random_resized_crop(images: tf.Tensor, size: tuple[int, int], area=(0.25, 1.0), aspect=(3 / 4, 4 / 3)) -> tf.Tensor:
     """Inception-style crop: a random box of `area` of the image and `aspect` ratio, resized to `size`."""
     n = tf.shape(images)[0]
     scale = tf.random.uniform([n], *area)

@@ -25,7 +25,7 @@ log = logging.getLogger("petal")
 
 # TrainConfig fields set by `petal train` flags of the same name; a flag not given leaves the model's recipe.
 TRAIN_SETTINGS = (
-    "epochs", "batch_size", "val_split", "seed", "split_method", "optimizer", "learning_rate", "weight_decay", "lr_schedule",
+    "epochs", "batch_size", "val_split", "seed", "split_method", "train_seed", "optimizer", "learning_rate", "weight_decay", "lr_schedule",
     "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "precision", "class_weight",
     "deterministic", "max_pixels", "cache_dir",
 )
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_split_options(parser):
     parser.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation (default 0.2)")
-    parser.add_argument("--seed", type=int, default=123, help="seed of the split and of training (default 123)")
+    parser.add_argument("--seed", type=int, default=123, help="seed of the split, and of training unless --train-seed (default 123)")
     parser.add_argument(
         "--split", dest="split_method", choices=("keras", "stratified"), default="keras",
         help="'keras': the files image_dataset_from_directory picks (default); 'stratified': the same fraction of every class",
@@ -117,6 +117,7 @@ def _add_train_options(parser, epochs_default: int | None = None):
     _add_split_options(parser)
     recipe = " (default: the model's recipe, see docs/TRAINING.md)"
     parser.add_argument("--model", default=None, help="a name from `petal models` (default: petal-resnet)")
+    parser.add_argument("--train-seed", type=int, help="seed of weights, shuffling and augmentation (default: --seed); the split keeps --seed")
     parser.add_argument("--epochs", type=int, default=epochs_default, help="epochs to train" + ("" if epochs_default else recipe))
     parser.add_argument("--batch-size", type=int, help="images per step" + recipe)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="model input size" + recipe)

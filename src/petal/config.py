@@ -15,7 +15,7 @@ from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD
 AUGMENTATIONS = {
     "none": "no augmentation",
     "tutorial": "the tutorial's RandomFlip('horizontal'), RandomRotation(0.1), RandomZoom(0.1)",
-    "crop-flip": "random resized crop (8-100% of the area, aspect 3/4-4/3) and horizontal flip",
+    "crop-flip": "random resized crop (25-100% of the area, aspect 3/4-4/3) and horizontal flip",
     "crop-flip-color": "crop-flip, then brightness, contrast and saturation jitter of up to 30%",
     "randaugment": "crop-flip, then Keras's RandAugment (2 operations of magnitude 0.5)",
 }
@@ -34,8 +34,9 @@ class TrainConfig:
     batch_size: int = 32
     image_size: tuple[int, int] = (180, 180)
     val_split: float = 0.2
-    seed: int = 123
+    seed: int = 123  # the split's seed, as image_dataset_from_directory's
     split_method: str = "keras"
+    train_seed: int | None = None  # weights, shuffling, augmentation; None: `seed`. Vary it to see the spread on one split
     optimizer: str = "adam"  # "adamw": decoupled weight decay
     learning_rate: float = 0.001  # the peak rate when a schedule warms up
     weight_decay: float = 0.0  # adamw only
@@ -60,6 +61,10 @@ class TrainConfig:
 
         recipe = get_model_entry(model).recipe
         return cls(data_dir=data_dir, model=model, **{**recipe, **{k: v for k, v in settings.items() if v is not None}})
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)

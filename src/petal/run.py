@@ -9,7 +9,7 @@
     diagnosis.json       the overfitting diagnosis
     samples.png          a 3x3 grid of training images; augmentation.png the augmentation preview
     model.keras          the trained classifier (written when training ends)
-    checkpoint/          last.keras + state.json after every epoch, for --resume
+    checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
     export/              model-VARIANT.tflite, report.json/.md, calibration.csv, written by `petal export`
 """
 

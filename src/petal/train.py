@@ -83,7 +83,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     if not len(data.train) or not len(data.validation):
         raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
 
-    keras.utils.set_random_seed(config.seed + start_epoch)
+    keras.utils.set_random_seed(config.training_seed + start_epoch)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     num_classes = len(class_names)
@@ -103,7 +103,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
             _write_previews(run, data.train, class_names, augment)
         if verbose:
             model.summary()
-        train_ds = make_dataset(data.train, config.batch_size, num_classes, shuffle_seed=config.seed,
+        train_ds = make_dataset(data.train, config.batch_size, num_classes, shuffle_seed=config.training_seed,
                                 start_epoch=start_epoch, augment=augment)
         val_ds = make_dataset(data.validation, config.batch_size, num_classes)
         recorder = _RunRecorder(run, config.early_stopping)

@@ -20,16 +20,17 @@ BN_MOMENTUM = 0.9
 
 # The training recipe this architecture was measured with; TrainConfig fields it overrides.
 RECIPE = {
-    "image_size": (128, 128),
-    "epochs": 60,
-    "batch_size": 64,
+    "image_size": (144, 144),
+    "epochs": 80,
+    "batch_size": 32,
     "optimizer": "adamw",
     "learning_rate": 0.002,
     "weight_decay": 0.05,
     "lr_schedule": "cosine",
-    "warmup_epochs": 3,
+    "warmup_epochs": 2,
     "label_smoothing": 0.1,
-    "augmentation": "crop-flip",
+    "augmentation": "crop-flip-color",
+    "precision": "auto",
 }
 
 

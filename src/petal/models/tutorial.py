@@ -27,7 +27,11 @@ def _tutorial_cnn(num_classes: int, image_size: tuple[int, int], dropout: float 
     return keras.Model(inputs, outputs, name=name)
 
 
-@register_model("tutorial", "The tutorial's first CNN: 3x Conv2D+MaxPooling (16/32/64), Dense 128; no augmentation")
+@register_model(
+    "tutorial",
+    "The tutorial's first CNN: 3x Conv2D+MaxPooling (16/32/64), Dense 128; no augmentation",
+    recipe={"epochs": 10},  # as the tutorial trains it; tutorial-augmented takes the TrainConfig default, 15
+)
 def tutorial(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
     return ModelSpec(_tutorial_cnn(num_classes, image_size, dropout=None, name="tutorial"))
 
