@@ -89,7 +89,7 @@ def _row(model: str, name: str, v: dict) -> str:
     lat = lambda t: speed["latency_ms"].get(t, speed["latency_ms"].get(str(t)))  # noqa: E731 (JSON keys are strings)
     ips = lambda t: speed["images_per_second"].get(t, speed["images_per_second"].get(str(t)))  # noqa: E731
     gate = "pass" if v["passed"] else f"FAIL: {v['failure']}"
-    return (f"| {model} | {name} | {v['file_bytes'] / 1e6:.2f} | {v['accuracy']:.4f} | {-100 * v['accuracy_drop']:+.2f} | "
+    return (f"| {model} | {name} | {v['file_bytes'] / 1e6:.2f} | {v['accuracy']:.4f} | {0.0 - 100 * v['accuracy_drop']:+.2f} | "
             f"{v['top1_agreement']:.2%} | {v['max_abs_logit_diff']:.1e} | {lat(1):.2f} | {lat(2):.2f} | {ips(1):.0f} | {ips(2):.0f} | {gate} |")
 
 

@@ -3,9 +3,10 @@
     import petal
     folder = petal.index_folder("flower_photos")              # Keras's file order
     split = petal.split_folder(folder, val_split=0.2, seed=123) # the tutorial's split
-    result = petal.train(petal.TrainConfig("flower_photos", model="tutorial-augmented"), "runs/aug")
-    petal.export_litert("runs/aug")
-    for p in petal.Predictor.load("runs/aug/export/model-float32.tflite").predict(["rose.jpg"]):
+    config = petal.TrainConfig.for_model("flower_photos", "petal-resnet")  # the model's recipe
+    result = petal.train(config, "runs/flowers")
+    petal.export_litert("runs/flowers")                              # every variant, behind the parity gate
+    for p in petal.Predictor.load("runs/flowers/export/model-int8.tflite").predict(["rose.jpg"]):
         print(p.sentence())
 
 Names are imported on first use, so `petal.Predictor` on a `.tflite` never imports TensorFlow.
@@ -22,7 +23,9 @@ _EXPORTS = {
     "index_folder": "petal.data",
     "split_folder": "petal.data",
     "TrainConfig": "petal.config",
+    "ExportConfig": "petal.config",
     "RunFolder": "petal.run",
+    "DEFAULT_MODEL": "petal.models",
     "list_models": "petal.models",
     "create_model": "petal.models",
     "register_model": "petal.models",

@@ -97,7 +97,7 @@ class ExportReport:
         for v in self.variants:
             io = "" if v.input_dtype == "float32" else f" ({v.input_dtype} io)"
             rows.append([
-                v.variant + io, f"{v.file_bytes / 1e6:.2f}", f"{v.accuracy:.4f}", f"{-100 * v.accuracy_drop:+.2f}",
+                v.variant + io, f"{v.file_bytes / 1e6:.2f}", f"{v.accuracy:.4f}", f"{0.0 - 100 * v.accuracy_drop:+.2f}",
                 f"{v.top1_agreement:.2%}", f"{v.max_abs_logit_diff:.2e}", f"{v.max_abs_probability_diff:.2e}",
                 *[f"{v.speed.latency_ms[t]:.2f}" for t in threads], *[f"{v.speed.images_per_second[t]:.0f}" for t in threads],
                 "pass" if v.passed else f"FAIL: {v.failure}",
