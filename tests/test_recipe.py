@@ -86,3 +86,10 @@ def test_mixed_precision_training_saves_a_float32_model_and_early_stopping_keeps
     history = result.history["val_accuracy"]
     assert state["best_epoch"] == 1 + int(np.argmax(history))
     assert len(history) == 4 or len(history) == state["best_epoch"] + 1  # stopped one epoch after the best
+
+
+def test_a_short_run_of_a_recipe_with_warm_up_shortens_the_warm_up_unless_it_was_asked_for():
+    assert TrainConfig.for_model("photos", "petal-resnet", epochs=1).warmup_epochs == 0
+    assert TrainConfig.for_model("photos", "petal-resnet", epochs=2).warmup_epochs == 1
+    with pytest.raises(ConfigError, match="warm-up must be shorter"):
+        TrainConfig.for_model("photos", "petal-resnet", epochs=2, warmup_epochs=2)

@@ -160,3 +160,12 @@ def test_undecodable_training_files_are_left_out_and_listed(tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(data), "--model", "tutorial", "--epochs", "1", "--out", str(run), *SMALL]) == 0
     assert "red/zz_text.jpg" in (run / "skipped.csv").read_text()
+
+
+def test_demo_runs_the_whole_workflow_on_the_bundled_sample(tmp_path):
+    result = petal("demo", "--epochs", "1", "--out", tmp_path / "demo-run", "--image-size", "48", "48")
+    assert result.returncode == 0, result.stderr
+    for step in ("== 1/4 data", "== 2/4 train", "== 3/4 export", "== 4/4 predict"):
+        assert step in result.stdout
+    assert result.stdout.count("percent confidence.") == 3
+    assert (tmp_path / "demo-run" / "export" / "model-int8.tflite").exists()

@@ -271,7 +271,8 @@ def cmd_demo(args) -> int:
 
     data_dir = args.data_dir or str(sample_folder())
     print(f"== 1/4 data: {data_dir}")
-    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None, "json": False, "all": False}))
+    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None, "json": False, "all": False,
+                                    "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS}))
     print("== 2/4 train")
     result = _train(args, data_dir)
     print("== 3/4 export")

@@ -56,11 +56,15 @@ class TrainConfig:
 
     @classmethod
     def for_model(cls, data_dir: str, model: str, **settings) -> "TrainConfig":
-        """The model's recipe (petal.models registry), overridden by every setting that is not None."""
+        """The model's recipe (petal.models registry), overridden by every setting that is not None.
+        The recipe's warm-up is shortened to fit a run shorter than it."""
         from petal.models import get_model_entry
 
-        recipe = get_model_entry(model).recipe
-        return cls(data_dir=data_dir, model=model, **{**recipe, **{k: v for k, v in settings.items() if v is not None}})
+        given = {k: v for k, v in settings.items() if v is not None}
+        values = {**get_model_entry(model).recipe, **given}
+        if "warmup_epochs" not in given:  # a short run of a recipe with warm-up still works: warm up for less
+            values["warmup_epochs"] = min(values.get("warmup_epochs", 0), values.get("epochs", cls.epochs) - 1)
+        return cls(data_dir=data_dir, model=model, **values)
 
     @property
     def training_seed(self) -> int:
