@@ -33,6 +33,7 @@ _EXPORTS = {
     "prepare_data": "petal.train",
     "export_litert": "petal.export",
     "Predictor": "petal.predict",
+    "evaluate": "petal.evaluate",
     "read_metadata": "petal.metadata",
     "PetalError": "petal.errors",
 }

@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write variants that fail the parity gate too, and exit 0 (they are still reported as failed)")
     export.set_defaults(handler=cmd_export)
 
+    evaluate = commands.add_parser("evaluate", help="per-class metrics, confusion matrix, calibration and worst mistakes")
+    evaluate.add_argument("model", metavar="MODEL", help="a run folder or a .tflite (evaluated without TensorFlow)")
+    evaluate.add_argument("--data", dest="data_dir", metavar="DIR",
+                          help="a folder of class sub-folders named as the model's classes (default: the run's validation split)")
+    evaluate.add_argument("--out", type=Path, help="where to write (default: RUN/evaluation/keras or RUN/evaluation/FILE-STEM)")
+    evaluate.add_argument("--top-k", type=int, default=3)
+    evaluate.add_argument("--mistakes", type=int, default=16, help="how many of the most confident mistakes to show (default 16)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
     predict = commands.add_parser("predict", help="classify images with a run folder or a .tflite file")
     predict.add_argument("model", metavar="MODEL", help="a run folder or a .tflite written by petal export")
     predict.add_argument("images", metavar="IMAGE", nargs="+")
@@ -246,6 +255,23 @@ def cmd_export(args) -> int:
         print(f"petal: error: {names} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    evaluate = _import("petal.evaluate", "petal evaluate")  # TF-free; Keras is loaded only for a run folder
+    with native_log_silenced():
+        evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
+    out = args.out or evaluate.default_output(args.model)
+    written = evaluate.write_evaluation(evaluation, out, evaluation.data)
+    print(evaluation.table())
+    for path, reason in sorted(evaluation.failed.items()):
+        print(f"petal: error: {path}: {reason}", file=sys.stderr)
+    if evaluation.mistakes:
+        print(f"most confident mistakes ({len(evaluation.mistakes)}):")
+        for m in evaluation.mistakes[:5]:
+            print(f"  {m.path}: {m.true} predicted as {m.predicted} ({100 * m.confidence:.1f}%)")
+    print("Wrote " + ", ".join(str(p) for p in written))
+    return EXIT_PARTIAL if evaluation.failed else 0
 
 
 def cmd_predict(args) -> int:

@@ -47,6 +47,46 @@ def save_curves(history: dict[str, list[float]], path: str | os.PathLike, title:
     _save(fig, path)
 
 
+def save_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """Counts (left) and each row divided by its total, i.e. recall per true class (right)."""
+    rows = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+    size = 2.2 + 0.55 * len(class_names)
+    fig = Figure(figsize=(2 * size + 1, size))
+    for column, (values, title, fmt) in enumerate(((confusion, "Counts", "d"), (normalised, "Row-normalised", ".2f"))):
+        ax = fig.add_subplot(1, 2, column + 1)
+        ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=8,
+                    color="white" if normalised[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(len(class_names)), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def save_reliability(bins: Sequence[dict], ece: float, path: str | os.PathLike) -> None:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    used = [b for b in bins if b["count"]]
+    width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
+    ax.bar([b["lower"] for b in used], [b["accuracy"] for b in used], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (expected calibration error {ece:.3f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig: Figure, path: str | os.PathLike) -> None:
     FigureCanvasAgg(fig)
     with atomic.atomic_path(path) as tmp:

@@ -11,6 +11,7 @@
     model.keras          the trained classifier (written when training ends)
     checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
     export/              model-VARIANT.tflite, report.json/.md, calibration.csv, written by `petal export`
+    evaluation/NAME/     metrics.json, mistakes.csv and PNGs, written by `petal evaluate`
 """
 
 from __future__ import annotations

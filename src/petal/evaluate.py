@@ -1,0 +1,177 @@
+"""Evaluate a model (run folder or `.tflite`) on labelled images: per-class metrics, confusion,
+calibration and the most confident mistakes.
+
+Images stream through `Predictor` (the one decode path); only O(classes^2 + mistakes) numbers are
+kept, so a folder of any size fits. A `.tflite` is evaluated without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from petal import atomic
+from petal.data import ImageFolder, index_folder
+from petal.errors import DataError, RunFolderError
+from petal.predict import Prediction, PredictionError, Predictor
+from petal.run import RunFolder
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_BINS = 15
+
+
+@dataclass
+class Mistake:
+    path: str
+    true: str
+    predicted: str
+    confidence: float
+
+
+@dataclass
+class Evaluation:
+    model: str
+    data: str
+    images: int
+    failed: dict[str, str]
+    class_names: list[str]
+    accuracy: float
+    top_k: int
+    top_k_accuracy: float
+    per_class: dict[str, dict[str, float]]  # precision, recall, f1, support
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    expected_calibration_error: float
+    reliability: list[dict[str, float]]  # per confidence bin: lower, upper, count, confidence, accuracy
+    mistakes: list[Mistake] = field(default_factory=list)  # most confident first
+
+    def table(self) -> str:
+        width = max(len(name) for name in self.class_names + ["class"])
+        lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+        for name in self.class_names:
+            m = self.per_class[name]
+            lines.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {int(m['support']):7d}")
+        lines.append(f"accuracy {self.accuracy:.4f}, top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, "
+                     f"expected calibration error {self.expected_calibration_error:.4f}, on {self.images} images"
+                     + (f" ({len(self.failed)} could not be read)" if self.failed else ""))
+        return "\n".join(lines)
+
+
+def evaluation_data(model_path: str | os.PathLike, data_dir: str | os.PathLike | None, class_names) -> ImageFolder:
+    """The images to evaluate on: `data_dir` (classes matched by name), or the run's validation split."""
+    if data_dir is not None:
+        folder = index_folder(data_dir)
+        unknown = sorted(set(folder.class_names) - set(class_names))
+        missing = sorted(set(class_names) - set(folder.class_names))
+        if unknown or missing:
+            raise DataError(f"{data_dir}: its classes must be the model's ({', '.join(class_names)}); "
+                            + "; ".join(part for part in (f"unknown: {', '.join(unknown)}" if unknown else "",
+                                                            f"missing: {', '.join(missing)}" if missing else "") if part))
+        remap = np.array([class_names.index(name) for name in folder.class_names], dtype=np.int32)
+        return ImageFolder(folder.root, tuple(class_names), folder.paths, remap[folder.labels])
+    run = _run_of(Path(model_path))
+    if run is None:
+        raise RunFolderError(f"{model_path}: not in a run folder, so there is no validation split to evaluate on; pass --data DIR")
+    return run.split("validation")
+
+
+def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mistakes: int = 16, batch_size: int = 32) -> Evaluation:
+    predictor = Predictor.load(model_path)
+    names = list(predictor.class_names)
+    folder = evaluation_data(model_path, data_dir, names)
+    k = len(names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    in_top_k = 0
+    bins = np.zeros((CALIBRATION_BINS, 3))  # count, sum of confidence, sum of correct
+    worst: list[tuple[float, int, Mistake]] = []  # a min-heap of the most confident mistakes
+    failed: dict[str, str] = {}
+    sources = [folder.absolute(p) for p in folder.paths]
+    for index, result in enumerate(predictor.predict(sources, top_k=min(top_k, k), batch_size=batch_size)):
+        if isinstance(result, PredictionError):
+            failed[folder.paths[index]] = result.reason
+            continue
+        true, predicted = int(folder.labels[index]), names.index(result.label)
+        confusion[true, predicted] += 1
+        in_top_k += names[true] in [name for name, _ in result.top]
+        b = min(int(result.confidence * CALIBRATION_BINS), CALIBRATION_BINS - 1)
+        bins[b] += (1, result.confidence, true == predicted)
+        if true != predicted:
+            item = (result.confidence, index, Mistake(folder.paths[index], names[true], result.label, result.confidence))
+            (heapq.heappush if len(worst) < mistakes else heapq.heappushpop)(worst, item)
+    return _summarise(str(model_path), str(folder.root), names, confusion, in_top_k, top_k, bins, worst, failed)
+
+
+def _summarise(model, data, names, confusion, in_top_k, top_k, bins, worst, failed) -> Evaluation:
+    n = int(confusion.sum())
+    if n == 0:
+        raise DataError(f"{data}: none of the images could be read, nothing to evaluate")
+    per_class = {}
+    for c, name in enumerate(names):
+        tp, predicted, support = confusion[c, c], confusion[:, c].sum(), confusion[c].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
+    reliability = [
+        {"lower": b / CALIBRATION_BINS, "upper": (b + 1) / CALIBRATION_BINS, "count": int(count),
+         "confidence": float(conf / count) if count else 0.0, "accuracy": float(right / count) if count else 0.0}
+        for b, (count, conf, right) in enumerate(bins)
+    ]
+    ece = sum(r["count"] / n * abs(r["accuracy"] - r["confidence"]) for r in reliability)
+    return Evaluation(
+        model=model, data=data, images=n, failed=failed, class_names=names,
+        accuracy=float(np.trace(confusion) / n), top_k=top_k, top_k_accuracy=in_top_k / n,
+        per_class=per_class, confusion=confusion.tolist(), expected_calibration_error=float(ece),
+        reliability=reliability, mistakes=[m for _, _, m in sorted(worst, key=lambda item: (-item[0], item[1]))],
+    )
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike, data_root: str | os.PathLike) -> list[Path]:
+    """metrics.json and mistakes.csv always; confusion.png, reliability.png and mistakes.png when
+    matplotlib is installed (the [train] extra). Returns the files written."""
+    out = Path(out_dir)
+    atomic.write_json(out / "metrics.json", asdict(evaluation))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", "confidence"])
+    writer.writerows([m.path, m.true, m.predicted, f"{m.confidence:.4f}"] for m in evaluation.mistakes)
+    atomic.write_text(out / "mistakes.csv", buffer.getvalue())
+    written = [out / "metrics.json", out / "mistakes.csv"]
+    try:
+        from petal import plots
+    except ImportError:
+        log.info("matplotlib is not installed (pip install 'petal[train]'): no PNGs, only metrics.json and mistakes.csv")
+        return written
+    plots.save_confusion(np.array(evaluation.confusion), evaluation.class_names, out / "confusion.png")
+    plots.save_reliability(evaluation.reliability, evaluation.expected_calibration_error, out / "reliability.png")
+    if evaluation.mistakes:
+        from petal.image import decode_image
+
+        images = [decode_image(os.path.join(data_root, m.path), (160, 160)) for m in evaluation.mistakes]
+        titles = [f"{m.true} → {m.predicted} {100 * m.confidence:.0f}%\n{Path(m.path).name[:28]}" for m in evaluation.mistakes]
+        plots.save_image_grid(images, titles, out / "mistakes.png", columns=4)
+    return written + [out / "confusion.png", out / "reliability.png"] + ([out / "mistakes.png"] if evaluation.mistakes else [])
+
+
+def default_output(model_path: str | os.PathLike) -> Path:
+    """RUN/evaluation/keras for a run folder, RUN/evaluation/<file stem> for its .tflite, else beside the file."""
+    path = Path(model_path)
+    run = _run_of(path)
+    if path.is_dir():
+        return path / "evaluation" / "keras"
+    return (run.path if run else path.parent) / "evaluation" / path.stem
+
+
+def _run_of(path: Path) -> RunFolder | None:
+    """The run folder a model belongs to: itself, or the folder above a .tflite in RUN/export/."""
+    candidate = path.parent.parent if path.suffix == ".tflite" else path
+    if (candidate / "split" / "validation.csv").exists() and (candidate / "config.json").exists():
+        return RunFolder(candidate)
+    return None
