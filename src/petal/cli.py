@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mistakes", type=int, default=16, help="how many of the most confident mistakes to show (default 16)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
+    report = commands.add_parser("report", help="rebuild RUN_DIR/report.html, one self-contained page of the whole run")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.set_defaults(handler=cmd_report)
+
     predict = commands.add_parser("predict", help="classify images with a run folder or a .tflite file")
     predict.add_argument("model", metavar="MODEL", help="a run folder or a .tflite written by petal export")
     predict.add_argument("images", metavar="IMAGE", nargs="+")
@@ -263,6 +267,9 @@ def cmd_evaluate(args) -> int:
         evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
     out = args.out or evaluate.default_output(args.model)
     written = evaluate.write_evaluation(evaluation, out, evaluation.data)
+    run = evaluate.run_of(Path(args.model))
+    if run is not None and Path(out).resolve().parent == (run.path / "evaluation").resolve():
+        written.append(_import("petal.report", "petal evaluate").build_report(run.path))
     print(evaluation.table())
     for path, reason in sorted(evaluation.failed.items()):
         print(f"petal: error: {path}: {reason}", file=sys.stderr)
@@ -272,6 +279,11 @@ def cmd_evaluate(args) -> int:
             print(f"  {m.path}: {m.true} predicted as {m.predicted} ({100 * m.confidence:.1f}%)")
     print("Wrote " + ", ".join(str(p) for p in written))
     return EXIT_PARTIAL if evaluation.failed else 0
+
+
+def cmd_report(args) -> int:
+    print(f"Wrote {_import('petal.report', 'petal report').build_report(args.run_dir)}")
+    return 0
 
 
 def cmd_predict(args) -> int:

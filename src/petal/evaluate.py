@@ -76,7 +76,7 @@ def evaluation_data(model_path: str | os.PathLike, data_dir: str | os.PathLike |
                                                             f"missing: {', '.join(missing)}" if missing else "") if part))
         remap = np.array([class_names.index(name) for name in folder.class_names], dtype=np.int32)
         return ImageFolder(folder.root, tuple(class_names), folder.paths, remap[folder.labels])
-    run = _run_of(Path(model_path))
+    run = run_of(Path(model_path))
     if run is None:
         raise RunFolderError(f"{model_path}: not in a run folder, so there is no validation split to evaluate on; pass --data DIR")
     return run.split("validation")
@@ -163,13 +163,13 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike, data_ro
 def default_output(model_path: str | os.PathLike) -> Path:
     """RUN/evaluation/keras for a run folder, RUN/evaluation/<file stem> for its .tflite, else beside the file."""
     path = Path(model_path)
-    run = _run_of(path)
+    run = run_of(path)
     if path.is_dir():
         return path / "evaluation" / "keras"
     return (run.path if run else path.parent) / "evaluation" / path.stem
 
 
-def _run_of(path: Path) -> RunFolder | None:
+def run_of(path: Path) -> RunFolder | None:
     """The run folder a model belongs to: itself, or the folder above a .tflite in RUN/export/."""
     candidate = path.parent.parent if path.suffix == ".tflite" else path
     if (candidate / "split" / "validation.csv").exists() and (candidate / "config.json").exists():

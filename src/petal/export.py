@@ -33,6 +33,7 @@ from petal.image import RESIZE_METHOD
 from petal.metadata import embed_metadata
 from petal.native_log import native_log_silenced
 from petal.predict import LiteRTRunner, softmax
+from petal.report import build_report
 from petal.run import RunFolder
 from petal.train import decode_cache
 
@@ -166,6 +167,7 @@ def export_litert(
     atomic.write_json(run.export_dir / "report.json", asdict(result))
     atomic.write_text(run.export_dir / "report.md", result.markdown())
     _remove_stale(run.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
+    build_report(run.path)
     return result
 
 

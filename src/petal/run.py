@@ -12,6 +12,7 @@
     checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
     export/              model-VARIANT.tflite, report.json/.md, calibration.csv, written by `petal export`
     evaluation/NAME/     metrics.json, mistakes.csv and PNGs, written by `petal evaluate`
+    report.html          all of the above on one self-contained page (petal.report)
 """
 
 from __future__ import annotations

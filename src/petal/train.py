@@ -33,6 +33,7 @@ from petal.models import create_model
 from petal.pipeline import make_dataset
 from petal.plots import save_curves, save_image_grid
 from petal.precision import resolve_precision
+from petal.report import build_report
 from petal.run import RunFolder
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")
     diagnosis = diagnose(history)
     atomic.write_json(run / "diagnosis.json", diagnosis)
+    build_report(run.path)
     return TrainResult(run, history, diagnosis, data.skipped)
 
 
