@@ -30,6 +30,9 @@ TRAIN_SETTINGS = (
     "deterministic", "max_pixels", "cache_dir",
 )
 
+# Which optional extra brings which module, for the one-line "pip install 'petal[...]'" message.
+EXTRAS = {"train": ("tensorflow", "keras", "matplotlib", "tqdm"), "serve": ("starlette", "uvicorn", "multipart")}
+
 EXIT_ERROR = 2  # the command could not do its job
 EXIT_PARTIAL = 1  # it did, but some inputs failed (e.g. unreadable images given to predict)
 
@@ -103,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild RUN_DIR/report.html, one self-contained page of the whole run")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.set_defaults(handler=cmd_report)
+
+    serve = commands.add_parser("serve", help="a local page to try the model on photos, and POST /predict (JSON)")
+    serve.add_argument("model", metavar="MODEL", help="a .tflite (served without TensorFlow) or a run folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=20, help="larger uploads get 413 (default 20)")
+    serve.set_defaults(handler=cmd_serve)
 
     predict = commands.add_parser("predict", help="classify images with a run folder or a .tflite file")
     predict.add_argument("model", metavar="MODEL", help="a run folder or a .tflite written by petal export")
@@ -286,6 +296,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    serve = _import("petal.serve", "petal serve")
+    uvicorn = _import("uvicorn", "petal serve")
+    with native_log_silenced():
+        app = serve.create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    print(f"Serving {args.model} on http://{args.host}:{args.port}/ (POST /predict with a file field 'image'); Ctrl-C stops")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_predict(args) -> int:
     predict = _import("petal.predict", "petal predict")
     with native_log_silenced():
@@ -351,14 +371,15 @@ def _progress_bar(desc: str = "decoding"):
 
 
 def _import(module: str, feature: str):
-    """Import a module that needs the [train] extra, or say in one line how to get it."""
+    """Import a module that needs an optional extra (EXTRAS), or say in one line how to get it."""
     try:
         with native_log_silenced() if "tensorflow" not in sys.modules else contextlib.nullcontext():
             return importlib.import_module(module)
     except ImportError as exc:
         missing = (exc.name or "").split(".")[0]
-        if missing in ("tensorflow", "keras", "matplotlib", "tqdm"):
-            raise MissingDependencyError(feature, "train", missing) from None
+        for extra, modules in EXTRAS.items():
+            if missing in modules:
+                raise MissingDependencyError(feature, extra, missing) from None
         raise
 
 

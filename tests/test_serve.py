@@ -1,0 +1,125 @@
+"""`petal serve`: the page and POST /predict, on the light runtime."""
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from conftest import CLASS_COLOURS, make_folder, make_image
+from petal.config import ExportConfig, TrainConfig
+from petal.export import export_litert
+from petal.serve import create_app
+from petal.train import train
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def tflite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    data = make_folder(root / "photos", per_class=12)
+    config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))
+    run = train(config, root / "run", verbose=0).run.path
+    return Path(export_litert(run, ExportConfig(variants=("float32",))).variants[0].path)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    return make_image(tmp_path_factory.mktemp("photo") / "red.jpg", CLASS_COLOURS["red"], seed=5)
+
+
+def test_predict_answers_with_the_top_three_classes(tflite, photo):
+    client = TestClient(create_app(tflite))
+    response = client.post("/predict", files={"image": ("red.jpg", photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["label"] == "red" and answer["top"][0]["label"] == "red"
+    assert [t["probability"] for t in answer["top"]] == sorted((t["probability"] for t in answer["top"]), reverse=True)
+    assert len(answer["top"]) == 3
+
+
+def test_the_page_offers_a_file_picker_and_names_the_classes(tflite):
+    page = TestClient(create_app(tflite)).get("/")
+    assert page.status_code == 200
+    assert 'type=file accept="image/*"' in page.text and "blue, green, red" in page.text
+
+
+@pytest.mark.parametrize("upload, status, message", [
+    ({"image": ("notes.jpg", b"this is text, not a photo", "image/jpeg")}, 415, "notes.jpg: not an image"),
+    ({"photo": ("red.jpg", b"\xff\xd8", "image/jpeg")}, 400, "file field named 'image'"),
+    ({"image": ("big.png", b"\0" * 5000, "image/png")}, 413, "larger than the limit"),
+])
+def test_bad_uploads_get_a_4xx_with_a_clear_message(tflite, upload, status, message):
+    client = TestClient(create_app(tflite, max_upload_bytes=4000))
+    response = client.post("/predict", files=upload)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def server(tflite):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([str(Path(sys.executable).parent / "petal"), "serve", str(tflite), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            assert process.poll() is None, process.communicate()
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _post(url: str, data: bytes, filename: str = "photo.jpg") -> dict:
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+               "Content-Type: image/jpeg\r\n\r\n".encode())
+    body.write(data)
+    body.write(f"\r\n--{boundary}--\r\n".encode())
+    request = urllib.request.Request(url + "predict", data=body.getvalue(), method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_the_server_survives_a_burst_of_concurrent_requests(server, photo):
+    data = photo.read_bytes()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: _post(server, data), range(32)))
+    assert {a["label"] for a in answers} == {"red"}
+    assert len({round(a["confidence"], 6) for a in answers}) == 1
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_person_picks_a_photo_and_sees_the_top_three(server, photo, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(server)
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#headline", timeout=30_000)
+        assert page.inner_text("#headline").startswith("Most likely red, ")
+        assert page.locator(".bar").count() == 3
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        browser.close()
