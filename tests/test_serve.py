@@ -71,7 +71,8 @@ def server(tflite):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([str(Path(sys.executable).parent / "petal"), "serve", str(tflite), "--port", str(port)],
+    process = subprocess.Popen([str(Path(sys.executable).parent / "petal"), "serve", str(tflite), "--port", str(port),
+                                "--max-upload-mb", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 60
@@ -107,6 +108,35 @@ def test_the_server_survives_a_burst_of_concurrent_requests(server, photo):
         answers = list(pool.map(lambda _: _post(server, data), range(32)))
     assert {a["label"] for a in answers} == {"red"}
     assert len({round(a["confidence"], 6) for a in answers}) == 1
+
+
+def test_the_live_server_answers_bad_uploads_with_4xx_and_keeps_serving(server, photo):
+    import http.client
+    from urllib.parse import urlparse
+
+    port = urlparse(server).port
+
+    def status_of(body: bytes, content_type: str | None) -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", "/predict", body, {"Content-Type": content_type} if content_type else {})
+        response = connection.getresponse()
+        answer = (response.status, json.loads(response.read())["error"])
+        connection.close()
+        return answer
+
+    def multipart(data: bytes, filename: str) -> tuple[bytes, str]:
+        boundary = uuid.uuid4().hex
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n\r\n'.encode()
+                + data + f"\r\n--{boundary}--\r\n".encode())
+        return body, f"multipart/form-data; boundary={boundary}"
+
+    status, message = status_of(*multipart(b"a shopping list, not a photo", "list.txt"))
+    assert status == 415 and message.startswith("list.txt: not an image")
+    status, message = status_of(b"", None)
+    assert status == 400 and "field named 'image'" in message
+    status, message = status_of(*multipart(b"\0" * (1536 * 1024), "huge.jpg"))
+    assert status == 413 and "larger than the limit of 1 MB" in message
+    assert _post(server, photo.read_bytes())["label"] == "red"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
