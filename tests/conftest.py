@@ -26,6 +26,20 @@ def make_folder(root: Path, per_class: int = 10, suffixes=(".jpg", ".png")) -> P
     return root
 
 
+def exported_tiny_run(root: Path, export_config=None) -> Path:
+    """The `tutorial` model trained for 2 epochs at 32x32 on generated colour photos and exported
+    (float32 unless `export_config` says otherwise); returns the run folder."""
+    from petal.config import ExportConfig, TrainConfig
+    from petal.export import export_litert
+    from petal.train import train
+
+    data = make_folder(root / "photos", per_class=12)
+    config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))
+    run = train(config, root / "run", verbose=0).run.path
+    export_litert(run, export_config or ExportConfig(variants=("float32",)))
+    return run
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_folder(tmp_path / "photos")

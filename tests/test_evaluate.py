@@ -3,27 +3,18 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import CLASS_COLOURS, make_folder, make_image
-from petal.config import ExportConfig, TrainConfig
+from conftest import CLASS_COLOURS, exported_tiny_run, make_folder, make_image
 from petal.errors import DataError
 from petal.evaluate import evaluate, write_evaluation
-from petal.export import export_litert
-from petal.train import train
 
 
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    data = make_folder(root / "photos", per_class=12)
-    config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))
-    run = train(config, root / "run", verbose=0).run.path
-    export_litert(run, ExportConfig(variants=("float32",)))
-    return run
+    return exported_tiny_run(tmp_path_factory.mktemp("evaluate"))
 
 
 def test_the_run_folder_and_its_tflite_give_the_same_numbers(exported_run):

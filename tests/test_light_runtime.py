@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLASS_COLOURS, make_folder, make_image
-from petal.config import ExportConfig, TrainConfig
-from petal.export import export_litert
-from petal.train import train
+from conftest import CLASS_COLOURS, exported_tiny_run, make_folder, make_image
+from petal.config import ExportConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,13 +30,10 @@ def light_env(tmp_path_factory):
 def lone_tflite(tmp_path_factory):
     """An exported int8 `.tflite`, copied alone into an empty folder."""
     root = tmp_path_factory.mktemp("model")
-    data = make_folder(root / "photos", per_class=12)
-    config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))
-    run = train(config, root / "run", verbose=0).run.path
-    report = export_litert(run, ExportConfig(variants=("int8",), int8_io="uint8"))
+    run = exported_tiny_run(root, ExportConfig(variants=("int8",), int8_io="uint8"))
     alone = root / "alone" / "flowers.tflite"
     alone.parent.mkdir()
-    shutil.copy(report.variants[0].path, alone)
+    shutil.copy(run / "export" / "model-int8.tflite", alone)
     return alone
 
 

@@ -15,22 +15,15 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import CLASS_COLOURS, make_folder, make_image
-from petal.config import ExportConfig, TrainConfig
-from petal.export import export_litert
+from conftest import CLASS_COLOURS, exported_tiny_run, make_image
 from petal.serve import create_app
-from petal.train import train
 
 CHROMIUM = shutil.which("chromium")
 
 
 @pytest.fixture(scope="module")
 def tflite(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    data = make_folder(root / "photos", per_class=12)
-    config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))
-    run = train(config, root / "run", verbose=0).run.path
-    return Path(export_litert(run, ExportConfig(variants=("float32",))).variants[0].path)
+    return exported_tiny_run(tmp_path_factory.mktemp("serve")) / "export" / "model-float32.tflite"
 
 
 @pytest.fixture(scope="module")
