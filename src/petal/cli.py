@@ -342,7 +342,7 @@ def cmd_demo(args) -> int:
         first_of_class.setdefault(label, validation.absolute(path))
     images = list(first_of_class.values())[:3]
     cmd_predict(argparse.Namespace(model=result.run.export_dir / "model-float32.tflite", images=images, top_k=3))
-    print(f"Run folder: {result.run.path}  (curves.png, diagnosis.json, samples.png, export/)")
+    print(f"Run folder: {result.run.path}  (open report.html: curves, diagnosis, samples, export table)")
     return 0
 
 
