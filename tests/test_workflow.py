@@ -169,3 +169,11 @@ def test_demo_runs_the_whole_workflow_on_the_bundled_sample(tmp_path):
         assert step in result.stdout
     assert result.stdout.count("percent confidence.") == 3
     assert (tmp_path / "demo-run" / "export" / "model-int8.tflite").exists()
+
+
+@pytest.mark.parametrize("command", ["data", "models", "train", "export", "evaluate", "report", "serve", "predict", "demo"])
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: petal {command}" in capsys.readouterr().out

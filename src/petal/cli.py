@@ -150,7 +150,7 @@ def _add_train_options(parser, epochs_default: int | None = None):
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant or cosine decay" + recipe)
     parser.add_argument("--warmup-epochs", type=int, help="epochs of linear learning-rate warm-up" + recipe)
     parser.add_argument("--label-smoothing", type=float, help="e.g. 0.1" + recipe)
-    parser.add_argument("--augmentation", choices=tuple(AUGMENTATIONS), help="; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()))
+    parser.add_argument("--augmentation", choices=tuple(AUGMENTATIONS), help="; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()).replace("%", "%%"))
     parser.add_argument("--mixup", type=float, help="MixUp alpha, 0 = off" + recipe)
     parser.add_argument("--cutmix", type=float, help="CutMix alpha, 0 = off" + recipe)
     parser.add_argument("--early-stopping", type=int, metavar="PATIENCE",
