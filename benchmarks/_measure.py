@@ -8,17 +8,14 @@ from pathlib import Path
 
 
 def machine() -> str:
+    from petal.precision import cpu_flags
+
     cpu = "unknown CPU"
-    flags = set()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and cpu == "unknown CPU":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    features = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    features = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     return f"{os.cpu_count()} cores, {cpu}, {'+'.join(features) or 'no AVX2'}, Python {sys.version.split()[0]}"
 
 

@@ -70,7 +70,7 @@ def tutorial_own_tflite(run_dir: Path) -> dict:
     import tensorflow as tf
 
     from petal.config import ExportConfig
-    from petal.export import compare_with_keras, measure_speed
+    from petal.export import compare_with_keras, measure_speed, speed_batch
     from petal.run import RunFolder
     from petal.train import decode_cache
 
@@ -80,7 +80,7 @@ def tutorial_own_tflite(run_dir: Path) -> dict:
     validation = decode_cache(run.config()).load(run.split("validation"))
     config = ExportConfig(variants=("float32",))
     _, (report,) = compare_with_keras(model, {"float32": tflite}, validation, config)
-    report.speed = measure_speed(tflite, validation, config.threads)
+    report.speed = measure_speed(tflite, speed_batch(validation), config.threads)
     return asdict(report)
 
 

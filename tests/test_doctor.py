@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASS_COLOURS, make_folder, make_image
+from conftest import make_folder
 from petal.data import index_folder, split_folder
 from petal.doctor import examine
 

@@ -9,7 +9,6 @@ from conftest import make_folder
 from petal.config import ExportConfig, TrainConfig
 from petal.evaluate import evaluate, write_evaluation
 from petal.export import export_litert
-from petal.report import build_report
 from petal.train import train
 
 CHROMIUM = shutil.which("chromium")
@@ -24,8 +23,7 @@ def finished_run(tmp_path_factory):
                          augmentation="tutorial", cache_dir=str(root / "cache"))
     run = train(config, root / "run", verbose=0).run.path
     export_litert(run, ExportConfig(variants=("float32", "int8")))
-    write_evaluation(evaluate(run), run / "evaluation" / "keras", data)
-    build_report(run)
+    write_evaluation(evaluate(run), run / "evaluation" / "keras", data)  # rebuilds report.html
     return run
 
 

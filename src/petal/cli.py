@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from petal.config import AUGMENTATIONS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS
+from petal.config import AUGMENTATIONS, EXPORT_VARIANTS, INT8_IO_TYPES, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, ExportConfig
 from petal.errors import MissingDependencyError, PetalError
 from petal.native_log import native_log_silenced
 from petal.image import DEFAULT_MAX_PIXELS
@@ -81,15 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="convert a run's model to LiteRT and check it against Keras")
     export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--quantize", default="float32,float16,dynamic,int8", metavar="VARIANTS",
-                        help="comma-separated subset of float32,float16,dynamic,int8 (default: all four)")
-    export.add_argument("--int8-io", choices=("float32", "uint8", "int8"), default="float32",
+    gate = ExportConfig  # its field defaults are the flags' defaults
+    export.add_argument("--quantize", default=",".join(EXPORT_VARIANTS), metavar="VARIANTS",
+                        help=f"comma-separated subset of {','.join(EXPORT_VARIANTS)} (default: all four)")
+    export.add_argument("--int8-io", choices=INT8_IO_TYPES, default=gate.int8_io,
                         help="input/output tensor type of the int8 variant; uint8 or int8 for integer-only accelerators")
-    export.add_argument("--calibration-images", type=int, default=300, help="training images that calibrate int8 (default 300)")
-    export.add_argument("--min-agreement", type=float, default=0.995,
-                        help="float32/float16 must pick Keras's class on this share of validation images (default 0.995)")
-    export.add_argument("--max-accuracy-drop", type=float, default=0.01,
-                        help="dynamic/int8 may lose at most this much accuracy against Keras (default 0.01 = 1 point)")
+    export.add_argument("--calibration-images", type=int, default=gate.calibration_images,
+                        help=f"training images that calibrate int8 (default {gate.calibration_images})")
+    export.add_argument("--min-agreement", type=float, default=gate.min_float_agreement,
+                        help=f"float32/float16 must pick Keras's class on this share of validation images (default {gate.min_float_agreement})")
+    export.add_argument("--max-accuracy-drop", type=float, default=gate.max_accuracy_drop,
+                        help=f"dynamic/int8 may lose at most this much accuracy against Keras (default {gate.max_accuracy_drop} = 1 point)")
     export.add_argument("--no-gate", dest="gate", action="store_false",
                         help="write variants that fail the parity gate too, and exit 0 (they are still reported as failed)")
     export.set_defaults(handler=cmd_export)
@@ -248,9 +250,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    config_module = _import("petal.config", "petal export")
     export = _import("petal.export", "petal export")
-    config = config_module.ExportConfig(
+    config = ExportConfig(
         variants=tuple(v.strip() for v in args.quantize.split(",") if v.strip()),
         int8_io=args.int8_io,
         calibration_images=args.calibration_images,
@@ -261,7 +262,7 @@ def cmd_export(args) -> int:
     report = export.export_litert(args.run_dir, config, progress=_progress_bar())
     print(report.markdown())
     for variant in report.variants:
-        status = "wrote" if variant.passed else ("wrote despite the gate (--no-gate)" if args.gate is False else "REJECTED")
+        status = "wrote" if variant.passed else ("REJECTED" if config.gate else "wrote despite the gate (--no-gate)")
         print(f"{variant.variant:>8}: {status} {variant.path}" + ("" if variant.passed else f" ({variant.failure})"))
     print(f"Report: {Path(report.run) / 'export' / 'report.md'} (and report.json)")
     if report.failed and config.gate:
@@ -277,9 +278,6 @@ def cmd_evaluate(args) -> int:
         evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
     out = args.out or evaluate.default_output(args.model)
     written = evaluate.write_evaluation(evaluation, out, evaluation.data)
-    run = evaluate.run_of(Path(args.model))
-    if run is not None and Path(out).resolve().parent == (run.path / "evaluation").resolve():
-        written.append(_import("petal.report", "petal evaluate").build_report(run.path))
     print(evaluation.table())
     for path, reason in sorted(evaluation.failed.items()):
         print(f"petal: error: {path}: {reason}", file=sys.stderr)

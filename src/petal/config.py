@@ -115,6 +115,7 @@ class TrainConfig:
 
 
 EXPORT_VARIANTS = ("float32", "float16", "dynamic", "int8")
+INT8_IO_TYPES = ("float32", "uint8", "int8")
 
 
 @dataclass
@@ -136,7 +137,7 @@ class ExportConfig:
         unknown = [v for v in self.variants if v not in EXPORT_VARIANTS]
         if unknown or not self.variants or len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"variants must be distinct names from {', '.join(EXPORT_VARIANTS)}. Received: {','.join(self.variants)}")
-        if self.int8_io not in ("float32", "uint8", "int8"):
+        if self.int8_io not in INT8_IO_TYPES:
             raise ConfigError(f"int8 input/output type must be float32, uint8 or int8. Received: int8_io={self.int8_io!r}")
         if self.calibration_images < 1:
             raise ConfigError(f"calibration images must be at least 1. Received: calibration_images={self.calibration_images}")

@@ -20,7 +20,8 @@ import numpy as np
 from petal import atomic
 from petal.data import ImageFolder, index_folder
 from petal.errors import DataError, RunFolderError
-from petal.predict import Prediction, PredictionError, Predictor
+from petal.predict import PredictionError, Predictor
+from petal.report import build_report
 from petal.run import RunFolder
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,11 @@ def evaluation_data(model_path: str | os.PathLike, data_dir: str | os.PathLike |
     """The images to evaluate on: `data_dir` (classes matched by name), or the run's validation split."""
     if data_dir is not None:
         folder = index_folder(data_dir)
-        unknown = sorted(set(folder.class_names) - set(class_names))
-        missing = sorted(set(class_names) - set(folder.class_names))
-        if unknown or missing:
-            raise DataError(f"{data_dir}: its classes must be the model's ({', '.join(class_names)}); "
-                            + "; ".join(part for part in (f"unknown: {', '.join(unknown)}" if unknown else "",
-                                                            f"missing: {', '.join(missing)}" if missing else "") if part))
+        differences = [f"{what}: {', '.join(names)}" for what, names in (
+            ("unknown", sorted(set(folder.class_names) - set(class_names))),
+            ("missing", sorted(set(class_names) - set(folder.class_names)))) if names]
+        if differences:
+            raise DataError(f"{data_dir}: its classes must be the model's ({', '.join(class_names)}); " + "; ".join(differences))
         remap = np.array([class_names.index(name) for name in folder.class_names], dtype=np.int32)
         return ImageFolder(folder.root, tuple(class_names), folder.paths, remap[folder.labels])
     run = run_of(Path(model_path))
@@ -92,7 +92,7 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
     bins = np.zeros((CALIBRATION_BINS, 3))  # count, sum of confidence, sum of correct
     worst: list[tuple[float, int, Mistake]] = []  # a min-heap of the most confident mistakes
     failed: dict[str, str] = {}
-    sources = [folder.absolute(p) for p in folder.paths]
+    sources = (folder.absolute(p) for p in folder.paths)
     for index, result in enumerate(predictor.predict(sources, top_k=min(top_k, k), batch_size=batch_size)):
         if isinstance(result, PredictionError):
             failed[folder.paths[index]] = result.reason
@@ -135,8 +135,15 @@ def _summarise(model, data, names, confusion, in_top_k, top_k, bins, worst, fail
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike, data_root: str | os.PathLike) -> list[Path]:
     """metrics.json and mistakes.csv always; confusion.png, reliability.png and mistakes.png when
-    matplotlib is installed (the [train] extra). Returns the files written."""
+    matplotlib is installed (the [train] extra); the run's report.html when `out_dir` is
+    RUN/evaluation/NAME. Returns the files written."""
     out = Path(out_dir)
+    written = _write_files(evaluation, out, data_root)
+    run = run_of(out.parent.parent) if out.parent.name == "evaluation" else None
+    return written + ([build_report(run.path)] if run else [])
+
+
+def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
     atomic.write_json(out / "metrics.json", asdict(evaluation))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

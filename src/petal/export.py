@@ -117,7 +117,8 @@ def export_litert(
     calibration_images: np.ndarray | None = None,
     progress=None,
 ) -> ExportReport:
-    """Convert, check and write every variant of `config`; raise ExportError if the gate stopped one.
+    """Convert, check and write every variant of `config`; a variant that fails the gate is reported
+    (and written to export/rejected/) unless `config.gate` is off.
 
     `calibration_images` (N, H, W, 3) uint8 overrides the int8 calibration set, which is otherwise
     `config.calibration_images` training images (never validation images), listed in export/calibration.csv.
@@ -144,9 +145,9 @@ def export_litert(
 
     validation = cache.load(run.split("validation"), progress=progress)
     keras_accuracy, reports = compare_with_keras(model, files, validation, config)
-    speeds = {variant: measure_speed(tflite, validation, config.threads) for variant, tflite in files.items()}
+    timing_batch = speed_batch(validation)
     for report in reports:
-        report.speed = speeds[report.variant]
+        report.speed = measure_speed(files[report.variant], timing_batch, config.threads)
 
     for report in reports:
         deployable = run.export_dir / f"model-{report.variant}.tflite"
@@ -160,7 +161,7 @@ def export_litert(
         config=config.to_dict(),
         keras_accuracy=keras_accuracy,
         keras_file_bytes=run.model_path.stat().st_size,
-        keras_speed=measure_keras_speed(model, validation),
+        keras_speed=measure_keras_speed(model, timing_batch),
         images=len(validation),
         variants=reports,
     )
@@ -276,7 +277,7 @@ def compare_with_keras(model, files: dict[str, bytes], images: CachedImages, con
             max_abs_logit_diff=s["logit"],
             max_abs_probability_diff=s["prob"],
             file_bytes=len(files[variant]),
-            input_dtype=_input_dtype(files[variant]),
+            input_dtype=np.dtype(runners[variant].input["dtype"]).name,
             speed=Speed(),
             passed=True,
         )
@@ -300,17 +301,20 @@ def gate_failure(report: VariantReport, config: ExportConfig) -> str | None:
     return None
 
 
-def measure_speed(tflite: bytes, images: CachedImages, threads: tuple[int, ...]) -> Speed:
-    """Median latency of one image and throughput on batches, for each interpreter thread count."""
-    batch = images.gather(np.arange(min(THROUGHPUT_BATCH, len(images)))).astype(np.float32)
+def speed_batch(images: CachedImages) -> np.ndarray:
+    """The images every speed measurement runs on: the first THROUGHPUT_BATCH, as float32."""
+    return images.gather(np.arange(min(THROUGHPUT_BATCH, len(images)))).astype(np.float32)
+
+
+def measure_speed(tflite: bytes, batch: np.ndarray, threads: tuple[int, ...]) -> Speed:
+    """Median latency of one image and throughput on `batch`, for each interpreter thread count."""
     speed = Speed()
     for count in threads:
         speed.latency_ms[count], speed.images_per_second[count] = _time_calls(_runner(tflite, count), batch)
     return speed
 
 
-def measure_keras_speed(model, images: CachedImages) -> Speed:
-    batch = images.gather(np.arange(min(THROUGHPUT_BATCH, len(images)))).astype(np.float32)
+def measure_keras_speed(model, batch: np.ndarray) -> Speed:
     latency, throughput = _time_calls(lambda x: np.asarray(model(x, training=False)), batch)
     return Speed(latency_ms={0: latency}, images_per_second={0: throughput})
 
