@@ -15,7 +15,7 @@ def test_second_load_decodes_nothing_and_serves_the_same_pixels(tmp_path, image_
     with caplog.at_level(logging.INFO, logger="petal.cache"):
         second = DecodeCache(tmp_path / "c", (16, 16)).load(folder)
 
-    assert first.decoded == len(folder) and second.decoded == 0
+    assert first.computed == len(folder) and second.computed == 0
     assert "decoded 0 images, 30 read from the decode cache" in caplog.text
     np.testing.assert_array_equal(second.gather(np.arange(len(second))), first.gather(np.arange(len(first))))
 
@@ -32,13 +32,13 @@ def test_a_changed_file_is_decoded_again(tmp_path, image_folder):
     folder = index_folder(image_folder)
     DecodeCache(tmp_path / "c", (16, 16)).load(folder)
     make_image(image_folder / folder.paths[0], (1, 2, 3), seed=999)
-    assert DecodeCache(tmp_path / "c", (16, 16)).load(folder).decoded == 1
+    assert DecodeCache(tmp_path / "c", (16, 16)).load(folder).computed == 1
 
 
 def test_another_image_size_is_another_cache(tmp_path, image_folder):
     folder = index_folder(image_folder)
     DecodeCache(tmp_path / "c", (16, 16)).load(folder)
-    assert DecodeCache(tmp_path / "c", (20, 20)).load(folder).decoded == len(folder)
+    assert DecodeCache(tmp_path / "c", (20, 20)).load(folder).computed == len(folder)
 
 
 def test_undecodable_files_are_left_out_with_their_reason(tmp_path, image_folder):
@@ -51,7 +51,7 @@ def test_undecodable_files_are_left_out_with_their_reason(tmp_path, image_folder
     assert set(images.failures) == {"red/broken.jpg", "blue/empty.png"}
     assert "not an image" in images.failures["red/broken.jpg"]
     assert len(images) == len(folder) - 2
-    assert DecodeCache(tmp_path / "c", (16, 16)).load(folder).decoded == 0  # failures are remembered too
+    assert DecodeCache(tmp_path / "c", (16, 16)).load(folder).computed == 0  # failures are remembered too
 
 
 def test_shards_hold_a_bounded_number_of_images(tmp_path, image_folder, monkeypatch):

@@ -5,13 +5,13 @@ files. A later run over the same files (even renamed or moved) reads the shards 
 maps and decodes nothing; a changed file gets a new key and is decoded again. Memory use stays at
 one shard being written plus what the OS pages in, whatever the size of the folder.
 
-Layout: <cache root>/<settings key>/shard-<id>.npy (N x H x W x 3 uint8) and shard-<id>.json
-({"keys": [...], "failed": {key: reason}}), the JSON written last, so a shard whose JSON exists is
-complete. Shard ids are random: two processes filling one cache never write the same file.
+Layout: <cache root>/<size>-<settings key>/shard-<id>.npy (N x H x W x 3 uint8) and shard-<id>.json
+(see ShardStore). `petal.embeddings` keeps a backbone's embeddings in the same kind of store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,21 +40,28 @@ def default_cache_root() -> Path:
 
 
 @dataclass
-class CachedImages:
-    """Decoded images of one `ImageFolder`, in its order, served from memory-mapped shards."""
+class CachedRows:
+    """Rows of one `ImageFolder` in its order (decoded images, or their embeddings: `petal.embeddings`),
+    served from memory-mapped shards."""
 
     folder: ImageFolder
-    image_size: tuple[int, int]
+    row_shape: tuple[int, ...]  # (height, width, 3) for images, (features,) for embeddings
+    dtype: str
     shard_paths: list[Path]
     shard_of: np.ndarray  # int32 per usable image
     row_of: np.ndarray  # int32 per usable image
     usable: np.ndarray  # indices into `folder` of the images that decoded
+    keys: list[str]  # content key (sha256 of the file) per usable image
     failures: dict[str, str]  # relative path -> reason, for images left out
-    decoded: int  # how many images this call decoded (0 when everything came from the cache)
+    computed: int  # how many rows this call computed (0 when everything came from the cache)
     _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.usable)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.row_shape[:2]
 
     @property
     def labels(self) -> np.ndarray:
@@ -65,9 +72,9 @@ class CachedImages:
         return [self.folder.paths[i] for i in self.usable]
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
-        """Images at `positions` (0..len-1) as one uint8 batch."""
+        """Rows at `positions` (0..len-1) as one batch."""
         positions = np.asarray(positions)
-        batch = np.empty((len(positions), *self.image_size, 3), dtype=np.uint8)
+        batch = np.empty((len(positions), *self.row_shape), dtype=self.dtype)
         for out, position in enumerate(positions):
             batch[out] = self._shard(self.shard_of[position])[self.row_of[position]]
         return batch
@@ -78,63 +85,21 @@ class CachedImages:
         return self._maps[shard]
 
 
-class DecodeCache:
-    """Content-addressed store of decoded images for one image size and decode method."""
+class ShardStore:
+    """Content-keyed rows in <dir>/shard-<id>.npy with their index shard-<id>.json
+    ({"keys": [...], "failed": {key: reason}}), the JSON written last, so a shard whose JSON exists
+    is complete. Shard ids are random: two processes filling one store never write the same file."""
 
-    def __init__(self, root: str | os.PathLike, image_size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.image_size = tuple(image_size)
-        self.max_pixels = max_pixels
-        settings = {"format": CACHE_FORMAT, "size": list(self.image_size), "resize": RESIZE_METHOD, "max_pixels": max_pixels}
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(root) / f"{self.image_size[0]}x{self.image_size[1]}-{key}"
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.index: dict[str, tuple[int, int]] = {}  # key -> (shard, row)
+        self.failed: dict[str, str] = {}  # key -> why it has no row
+        self.shard_names: list[str] = []
+        self._read_index()
 
-    def load(
-        self, folder: ImageFolder, *, workers: int | None = None, progress: Callable[[Iterable], Iterable] | None = None
-    ) -> CachedImages:
-        """Decode whatever of `folder` is not cached yet, then serve all of it from the shards."""
-        workers = workers or os.cpu_count() or 1
-        absolute = [folder.absolute(p) for p in folder.paths]
-        with ThreadPoolExecutor(workers) as pool:
-            keys = list(pool.map(_content_key, absolute, chunksize=64))
-        index, failed, shard_names = self._read_index()
-        missing = sorted({k for k in keys if k and k not in index and k not in failed})
-        path_of = {k: p for k, p in zip(keys, absolute)}
-        if missing:
-            log.info("decoding %d images into %s", len(missing), self.dir)
-            new_index, new_failed, new_shards = self._decode_into_shards([path_of[k] for k in missing], missing, workers, progress)
-            index.update({k: (s + len(shard_names), r) for k, (s, r) in new_index.items()})
-            failed.update(new_failed)
-            shard_names += new_shards
-        log.info(
-            "decoded %d images, %d read from the decode cache %s", len(missing), len(keys) - len(missing), self.dir
-        )
-        usable, shard_of, row_of, failures = [], [], [], {}
-        for i, key in enumerate(keys):
-            if key is None:
-                failures[folder.paths[i]] = "cannot read file"
-            elif key in index:
-                usable.append(i)
-                shard_of.append(index[key][0])
-                row_of.append(index[key][1])
-            else:
-                failures[folder.paths[i]] = failed[key]
-        return CachedImages(
-            folder=folder,
-            image_size=self.image_size,
-            shard_paths=[self.dir / f"{name}.npy" for name in shard_names],
-            shard_of=np.asarray(shard_of, dtype=np.int32),
-            row_of=np.asarray(row_of, dtype=np.int32),
-            usable=np.asarray(usable, dtype=np.int64),
-            failures=failures,
-            decoded=len(missing),
-        )
-
-    def _read_index(self) -> tuple[dict[str, tuple[int, int]], dict[str, str], list[str]]:
-        index: dict[str, tuple[int, int]] = {}
-        failed: dict[str, str] = {}
-        names: list[str] = []
+    def _read_index(self) -> None:
         if not self.dir.is_dir():
-            return index, failed, names
+            return
         for meta_path in sorted(self.dir.glob("shard-*.json")):
             try:
                 meta = json.loads(meta_path.read_text())
@@ -143,35 +108,97 @@ class DecodeCache:
                 continue
             if meta["keys"] and not meta_path.with_suffix(".npy").exists():
                 continue
-            shard = len(names)
-            names.append(meta_path.stem)
+            shard = len(self.shard_names)
+            self.shard_names.append(meta_path.stem)
             for row, key in enumerate(meta["keys"]):
-                index.setdefault(key, (shard, row))
-            failed.update(meta.get("failed", {}))
-        return index, failed, names
+                self.index.setdefault(key, (shard, row))
+            self.failed.update(meta.get("failed", {}))
 
-    def _decode_into_shards(self, paths: list[str], keys: list[str], workers: int, progress):
-        index: dict[str, tuple[int, int]] = {}
-        failed: dict[str, str] = {}
-        shards: list[str] = []
+    def write_shard(self, keys: list[str], rows: list[np.ndarray], failed: dict[str, str]) -> None:
+        name = f"shard-{uuid.uuid4().hex[:12]}"
+        if rows:
+            with atomic.atomic_path(self.dir / f"{name}.npy") as tmp:
+                np.save(tmp, np.stack(rows))
+        atomic.write_json(self.dir / f"{name}.json", {"keys": list(keys), "failed": dict(failed)})
+        for row, key in enumerate(keys):
+            self.index[key] = (len(self.shard_names), row)
+        self.failed.update(failed)
+        self.shard_names.append(name)
+
+    def rows(self, folder: ImageFolder, keys: list[str | None], row_shape, dtype: str, computed: int) -> CachedRows:
+        """`folder`'s rows, given the content key of each of its files (None: the file cannot be read)."""
+        usable, usable_keys, failures = [], [], {}
+        for i, key in enumerate(keys):
+            if key is None:
+                failures[folder.paths[i]] = "cannot read file"
+            elif key in self.index:
+                usable.append(i)
+                usable_keys.append(key)
+            else:
+                failures[folder.paths[i]] = self.failed[key]
+        return CachedRows(
+            folder=folder,
+            row_shape=tuple(row_shape),
+            dtype=dtype,
+            shard_paths=[self.dir / f"{name}.npy" for name in self.shard_names],
+            shard_of=np.asarray([self.index[k][0] for k in usable_keys], dtype=np.int32),
+            row_of=np.asarray([self.index[k][1] for k in usable_keys], dtype=np.int32),
+            usable=np.asarray(usable, dtype=np.int64),
+            keys=usable_keys,
+            failures=failures,
+            computed=computed,
+        )
+
+
+    def rows_like(self, images: CachedRows, row_shape, dtype: str, computed: int) -> CachedRows:
+        """Rows of this store for the same images as `images` (all of whose keys it holds)."""
+        return dataclasses.replace(
+            images,
+            row_shape=tuple(row_shape),
+            dtype=dtype,
+            shard_paths=[self.dir / f"{name}.npy" for name in self.shard_names],
+            shard_of=np.asarray([self.index[k][0] for k in images.keys], dtype=np.int32),
+            row_of=np.asarray([self.index[k][1] for k in images.keys], dtype=np.int32),
+            computed=computed,
+            _maps={},
+        )
+
+
+class DecodeCache:
+    """Content-addressed store of decoded images for one image size and decode method."""
+
+    def __init__(self, root: str | os.PathLike, image_size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.image_size = tuple(image_size)
+        self.max_pixels = max_pixels
+        self.dir = Path(root) / f"{self.image_size[0]}x{self.image_size[1]}-{settings_key(self.settings)}"
+
+    @property
+    def settings(self) -> dict:
+        return {"format": CACHE_FORMAT, "size": list(self.image_size), "resize": RESIZE_METHOD, "max_pixels": self.max_pixels}
+
+    def load(
+        self, folder: ImageFolder, *, workers: int | None = None, progress: Callable[[Iterable], Iterable] | None = None
+    ) -> CachedRows:
+        """Decode whatever of `folder` is not cached yet, then serve all of it from the shards."""
+        workers = workers or os.cpu_count() or 1
+        absolute = [folder.absolute(p) for p in folder.paths]
+        with ThreadPoolExecutor(workers) as pool:
+            keys = list(pool.map(content_key, absolute, chunksize=64))
+        store = ShardStore(self.dir)
+        missing = sorted({k for k in keys if k and k not in store.index and k not in store.failed})
+        path_of = {k: p for k, p in zip(keys, absolute)}
+        if missing:
+            log.info("decoding %d images into %s", len(missing), self.dir)
+            self._decode_into(store, [path_of[k] for k in missing], missing, workers, progress)
+        log.info(
+            "decoded %d images, %d read from the decode cache %s", len(missing), len(keys) - len(missing), self.dir
+        )
+        return store.rows(folder, keys, (*self.image_size, 3), "uint8", computed=len(missing))
+
+    def _decode_into(self, store: ShardStore, paths: list[str], keys: list[str], workers: int, progress) -> None:
         pending_keys: list[str] = []
         pending_images: list[np.ndarray] = []
         pending_failed: dict[str, str] = {}
-
-        def flush():
-            name = f"shard-{uuid.uuid4().hex[:12]}"
-            if pending_images:
-                with atomic.atomic_path(self.dir / f"{name}.npy") as tmp:
-                    np.save(tmp, np.stack(pending_images))
-            atomic.write_json(self.dir / f"{name}.json", {"keys": pending_keys, "failed": pending_failed})
-            for row, key in enumerate(pending_keys):
-                index[key] = (len(shards), row)
-            failed.update(pending_failed)
-            shards.append(name)
-            pending_keys.clear()
-            pending_images.clear()
-            pending_failed.clear()
-
         with ThreadPoolExecutor(workers) as pool:
             results = pool.map(self._decode, paths, chunksize=8)
             if progress is not None:
@@ -183,10 +210,10 @@ class DecodeCache:
                     pending_keys.append(key)
                     pending_images.append(image)
                 if len(pending_keys) >= SHARD_SIZE:
-                    flush()
+                    store.write_shard(pending_keys, pending_images, pending_failed)
+                    pending_keys, pending_images, pending_failed = [], [], {}
         if pending_keys or pending_failed:
-            flush()
-        return index, failed, shards
+            store.write_shard(pending_keys, pending_images, pending_failed)
 
     def _decode(self, path: str) -> tuple[np.ndarray | None, str | None]:
         try:
@@ -195,7 +222,11 @@ class DecodeCache:
             return None, exc.reason
 
 
-def _content_key(path: str) -> str | None:
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def content_key(path: str) -> str | None:
     """sha256 of the file's bytes: renaming a file keeps its cache entry, editing it does not."""
     digest = hashlib.sha256()
     try:

@@ -27,7 +27,7 @@ log = logging.getLogger("petal")
 TRAIN_SETTINGS = (
     "epochs", "batch_size", "val_split", "seed", "split_method", "train_seed", "optimizer", "learning_rate", "weight_decay", "lr_schedule",
     "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "precision", "class_weight",
-    "deterministic", "max_pixels", "cache_dir",
+    "deterministic", "max_pixels", "cache_dir", "weights", "fine_tune_blocks", "fine_tune_epochs", "fine_tune_learning_rate",
 )
 
 # Which optional extra brings which module, for the one-line "pip install 'petal[...]'" message.
@@ -164,8 +164,15 @@ def _add_train_options(parser, epochs_default: int | None = None):
     parser.add_argument("--deterministic", action="store_true", default=None,
                         help="reproducible to the last digit: same seed and data, same history")
     parser.add_argument("--max-pixels", type=int, help=f"images with more pixels are left out (default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--cache-dir", help="decode cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
+    parser.add_argument("--cache-dir", help="decode and embedding cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
     parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
+    pretrained = parser.add_argument_group("pretrained backbones (mobilenet-*, efficientnet*: see `petal models`)")
+    pretrained.add_argument("--weights", metavar="FILE",
+                            help="backbone weights file (default: Keras's ImageNet file in ~/.keras/models, downloaded when missing)")
+    pretrained.add_argument("--fine-tune-blocks", type=int, metavar="N",
+                            help="after the head (--epochs, on cached embeddings), also train the top N blocks (default 0: off)")
+    pretrained.add_argument("--fine-tune-epochs", type=int, help="epochs of fine-tuning (default 5)")
+    pretrained.add_argument("--fine-tune-learning-rate", type=float, help="peak learning rate of fine-tuning (default 1e-4)")
 
 
 def cmd_data(args) -> int:

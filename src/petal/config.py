@@ -52,6 +52,12 @@ class TrainConfig:
     deterministic: bool = False  # same seed and data -> the same history, at some cost in speed
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: str | None = None  # None: $PETAL_CACHE_DIR or ~/.cache/petal
+    # Pretrained backbones only (petal.models.backbones); for them `epochs` are the head's, on cached embeddings.
+    weights: str | None = None  # a local weights file; None: Keras's ImageNet file in ~/.keras/models (downloaded if missing)
+    fine_tune_blocks: int = 0  # after the head, train the backbone's top N blocks too (batch norm stays frozen); 0 = off
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-4
+    preprocessing: str | None = None  # recorded from the model registry: what the model does to its 0..255 input
     resize_method: str = field(default=RESIZE_METHOD, init=False)  # recorded, not chosen: see petal.image
 
     @classmethod
@@ -61,7 +67,8 @@ class TrainConfig:
         from petal.models import get_model_entry
 
         given = {k: v for k, v in settings.items() if v is not None}
-        values = {**get_model_entry(model).recipe, **given}
+        entry = get_model_entry(model)
+        values = {**entry.recipe, **given, "preprocessing": entry.preprocessing}
         if "warmup_epochs" not in given:  # a short run of a recipe with warm-up still works: warm up for less
             values["warmup_epochs"] = min(values.get("warmup_epochs", 0), values.get("epochs", cls.epochs) - 1)
         return cls(data_dir=data_dir, model=model, **values)
@@ -91,6 +98,17 @@ class TrainConfig:
             raise ConfigError(f"label smoothing must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
         if self.mixup < 0 or self.cutmix < 0 or self.early_stopping < 0:
             raise ConfigError("mixup, cutmix and early_stopping must not be negative")
+        if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
+            raise ConfigError(
+                "fine-tuning needs blocks >= 0, epochs >= 1 and a positive learning rate. Received: "
+                f"fine_tune_blocks={self.fine_tune_blocks}, fine_tune_epochs={self.fine_tune_epochs}, "
+                f"fine_tune_learning_rate={self.fine_tune_learning_rate}"
+            )
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs in history.csv: a pretrained backbone's fine-tuning epochs follow its head's."""
+        return self.epochs + (self.fine_tune_epochs if self.fine_tune_blocks else 0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

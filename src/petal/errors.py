@@ -42,3 +42,7 @@ class MissingDependencyError(PetalError):
         super().__init__(
             f"{feature} needs {module}, which is not installed: pip install 'petal[{extra}]'"
         )
+
+
+class WeightsError(PetalError):
+    """Pretrained weights are neither given, cached nor downloadable, or the file given does not fit."""

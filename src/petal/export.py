@@ -25,7 +25,7 @@ import tensorflow as tf
 
 import petal
 from petal import atomic
-from petal.cache import CachedImages
+from petal.cache import CachedRows
 from petal.config import ExportConfig
 from petal.data import ImageFolder, write_file_list
 from petal.errors import ExportError
@@ -236,6 +236,7 @@ def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = 
             "color": "RGB",
             "exif_orientation": "applied",
             "value_range": [0, 255],
+            "model_input": config.preprocessing,  # what the model itself does to those values
             "input_dtype": input_dtype,
             "quantization": QUANTIZATION[variant],
             "max_pixels": config.max_pixels,
@@ -243,7 +244,7 @@ def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = 
     }
 
 
-def compare_with_keras(model, files: dict[str, bytes], images: CachedImages, config: ExportConfig) -> tuple[float, list[VariantReport]]:
+def compare_with_keras(model, files: dict[str, bytes], images: CachedRows, config: ExportConfig) -> tuple[float, list[VariantReport]]:
     """Run Keras and every variant on each batch of `images` once; compare logits, probabilities, top-1.
     Returns Keras's accuracy and one report per variant."""
     if len(images) == 0:
@@ -301,7 +302,7 @@ def gate_failure(report: VariantReport, config: ExportConfig) -> str | None:
     return None
 
 
-def speed_batch(images: CachedImages) -> np.ndarray:
+def speed_batch(images: CachedRows) -> np.ndarray:
     """The images every speed measurement runs on: the first THROUGHPUT_BATCH, as float32."""
     return images.gather(np.arange(min(THROUGHPUT_BATCH, len(images)))).astype(np.float32)
 

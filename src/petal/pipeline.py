@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from petal.augment import Augment
-from petal.cache import CachedImages
+from petal.cache import CachedRows
 
 
 class EpochOrder:
@@ -34,7 +34,7 @@ class EpochOrder:
 
 
 def make_dataset(
-    images: CachedImages,
+    images: CachedRows,
     batch_size: int,
     num_classes: int,
     *,
@@ -42,17 +42,17 @@ def make_dataset(
     start_epoch: int = 0,
     augment: Augment | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images in 0..255, one-hot float32 labels), the model's input contract."""
+    """Batches of (float32 rows, one-hot float32 labels): images in 0..255, the model's input contract,
+    or embeddings for a pretrained backbone's head."""
     order = EpochOrder(len(images), batch_size, shuffle_seed, start_epoch)
-    height, width = images.image_size
     labels = images.labels
 
     def load(positions):
         return images.gather(positions), labels[positions]
 
     def to_tensors(positions):
-        batch, batch_labels = tf.numpy_function(load, [positions], [tf.uint8, tf.int32], stateful=False)
-        batch.set_shape([None, height, width, 3])
+        batch, batch_labels = tf.numpy_function(load, [positions], [tf.as_dtype(images.dtype), tf.int32], stateful=False)
+        batch.set_shape([None, *images.row_shape])
         batch_labels.set_shape([None])
         return tf.cast(batch, tf.float32), tf.one_hot(batch_labels, num_classes)
 

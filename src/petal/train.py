@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -24,12 +24,14 @@ import tensorflow as tf
 
 from petal import atomic
 from petal.augment import build_augmentation
-from petal.cache import CachedImages, DecodeCache, default_cache_root
+from petal.cache import CachedRows, DecodeCache, default_cache_root
 from petal.config import TrainConfig
 from petal.data import Split, load_split, write_file_list
 from petal.diagnosis import diagnose
-from petal.errors import RunFolderError
-from petal.models import create_model
+from petal.embeddings import EmbeddingCache
+from petal.errors import ConfigError, RunFolderError
+from petal.models import ModelSpec, create_model, get_model_entry
+from petal.models.backbones import unfreeze_top_blocks
 from petal.pipeline import make_dataset
 from petal.plots import save_curves, save_image_grid
 from petal.precision import resolve_precision
@@ -39,18 +41,18 @@ from petal.run import RunFolder
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclasses.dataclass
 class PreparedData:
     split: Split
-    train: CachedImages
-    validation: CachedImages
+    train: CachedRows
+    validation: CachedRows
 
     @property
     def skipped(self) -> dict[str, str]:
         return {**self.train.failures, **self.validation.failures}
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainResult:
     run: RunFolder
     history: dict[str, list[float]]
@@ -73,57 +75,70 @@ def prepare_data(config: TrainConfig, split: Split, progress=None) -> PreparedDa
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, verbose: int = 2, progress=None) -> TrainResult:
+    entry = get_model_entry(config.model)
+    if not entry.pretrained and (config.weights or config.fine_tune_blocks):
+        raise ConfigError(f"{config.model} trains from scratch: --weights and --fine-tune-blocks are for pretrained backbones")
+    config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
-    split, start_epoch = _start_or_resume(run, config, resume)
-    data = prepare_data(config, split, progress=progress)
-    class_names = data.split.train.class_names
-    if data.skipped:
-        _write_skipped(run, data.skipped)
-        shown = ", ".join(sorted(data.skipped)[:3]) + (" ..." if len(data.skipped) > 3 else "")
-        log.warning("left out %d files that could not be decoded: %s (see %s)", len(data.skipped), shown, run / "skipped.csv")
-    if not len(data.train) or not len(data.validation):
-        raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
-
+    timings: dict[str, float] = {}
+    split, start_epoch = _plan(run, config, resume)
+    class_names = split.train.class_names
+    num_classes = len(class_names)
     keras.utils.set_random_seed(config.training_seed + start_epoch)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    num_classes = len(class_names)
-    augment = build_augmentation(config.augmentation, config.image_size, config.mixup, config.cutmix)
-    policy = resolve_precision(config.precision)
-    with _dtype_policy(policy):
-        if start_epoch:
-            model = keras.saving.load_model(run.checkpoint_dir / _checkpoint_state(run)["model"])
-            log.info("resuming %s after epoch %d of %d", run.path, start_epoch, config.epochs)
-        else:
-            model = create_model(config.model, num_classes, config.image_size).classifier
-            model.compile(
-                optimizer=make_optimizer(config, steps_per_epoch=-(-len(data.train) // config.batch_size)),
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
-                metrics=["accuracy"],
-            )
+    with _dtype_policy(resolve_precision(config.precision)):
+        # Built before anything is written: pretrained weights that cannot be had stop the run here.
+        spec = None if start_epoch else create_model(config.model, num_classes, config.image_size, config.weights or "imagenet")
+        if not resume:
+            _write_run_start(run, config, split)
+        with _timed(timings, "decode"):
+            data = prepare_data(config, split, progress=progress)
+        if data.skipped:
+            _write_skipped(run, data.skipped)
+            shown = ", ".join(sorted(data.skipped)[:3]) + (" ..." if len(data.skipped) > 3 else "")
+            log.warning("left out %d files that could not be decoded: %s (see %s)", len(data.skipped), shown, run / "skipped.csv")
+        if not len(data.train) or not len(data.validation):
+            raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
+        augment = build_augmentation(config.augmentation, config.image_size, config.mixup, config.cutmix)
+        if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
-        if verbose:
-            model.summary()
-        train_ds = make_dataset(data.train, config.batch_size, num_classes, shuffle_seed=config.training_seed,
-                                start_epoch=start_epoch, augment=augment)
-        val_ds = make_dataset(data.validation, config.batch_size, num_classes)
         recorder = _RunRecorder(run, config.early_stopping)
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            initial_epoch=start_epoch,
-            class_weight=class_weights(data.train.labels, num_classes) if config.class_weight == "auto" else None,
-            callbacks=[recorder],
-            shuffle=False,  # the dataset shuffles, by (seed, epoch)
-            verbose=verbose,
-        )
+        if start_epoch:
+            model = keras.saving.load_model(run.checkpoint_dir / recorder.state()["model"])
+            log.info("resuming %s after epoch %d of %d", run.path, start_epoch, config.total_epochs)
+        elif entry.pretrained:
+            model = spec.classifier
+        else:
+            model = spec.classifier
+            model.compile(optimizer=make_optimizer(config, config.learning_rate, config.epochs, len(data.train)),
+                          loss=_loss(config), metrics=["accuracy"])
+        if entry.pretrained:
+            if start_epoch < config.epochs:
+                _train_head(run, config, spec, data, recorder, timings, verbose)
+            if config.fine_tune_blocks:
+                if start_epoch <= config.epochs:  # the head is trained; fine-tuning starts now
+                    trainable = unfreeze_top_blocks(model, entry.block_pattern, config.fine_tune_blocks)
+                    log.info("fine-tuning the top %d blocks (%d trainable weights)", config.fine_tune_blocks, trainable)
+                    model.compile(
+                        optimizer=make_optimizer(config, config.fine_tune_learning_rate, config.fine_tune_epochs, len(data.train),
+                                                 warmup_epochs=0),
+                        loss=_loss(config), metrics=["accuracy"],
+                    )
+                with _timed(timings, "fine_tune"):
+                    _fit(model, config, data, recorder, max(start_epoch, config.epochs), augment, verbose)
+        else:
+            if verbose:
+                model.summary()
+            with _timed(timings, "train"):
+                _fit(model, config, data, recorder, start_epoch, augment, verbose)
         if config.early_stopping:
             best = recorder.state()
             log.info("keeping the weights of epoch %d (val accuracy %.4f)", best["best_epoch"], best["best_val_accuracy"])
             model = keras.saving.load_model(run.checkpoint_dir / "best.keras", compile=False)
     with atomic.atomic_path(run.model_path) as tmp:
         _inference_copy(model, config, num_classes).save(tmp)
+    atomic.write_json(run / "timings.json", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")
     diagnosis = diagnose(history)
@@ -132,25 +147,87 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     return TrainResult(run, history, diagnosis, data.skipped)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    rate = learning_rate(config, steps_per_epoch)
+def _fit(model, config: TrainConfig, data: PreparedData, recorder: "_RunRecorder", start_epoch: int, augment, verbose: int):
+    """Train on images from `start_epoch` up to config.total_epochs, recording every epoch."""
+    num_classes = len(data.split.train.class_names)
+    train_ds = make_dataset(data.train, config.batch_size, num_classes, shuffle_seed=config.training_seed,
+                            start_epoch=start_epoch, augment=augment)
+    val_ds = make_dataset(data.validation, config.batch_size, num_classes)
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.total_epochs,
+        initial_epoch=start_epoch,
+        class_weight=class_weights(data.train.labels, num_classes) if config.class_weight == "auto" else None,
+        callbacks=[recorder],
+        shuffle=False,  # the dataset shuffles, by (seed, epoch)
+        verbose=verbose,
+    )
+
+
+def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: PreparedData, recorder: "_RunRecorder",
+                timings: dict, verbose: int) -> None:
+    """Stage 1 of a pretrained backbone: the head learns from cached embeddings (the backbone is frozen),
+    for config.epochs epochs. Seconds of work, so it is checkpointed once, at its end."""
+    num_classes = len(data.split.train.class_names)
+    cache = EmbeddingCache(config.cache_dir or default_cache_root(), config.model, spec.features, decode_cache(config).settings)
+    with _timed(timings, "embeddings"):
+        train_embeddings = cache.load(data.train, progress=None)
+        val_embeddings = cache.load(data.validation, progress=None)
+    with _timed(timings, "head"):
+        spec.head.compile(optimizer=make_optimizer(config, config.learning_rate, config.epochs, len(data.train)),
+                          loss=_loss(config), metrics=["accuracy"])
+        started = time.perf_counter()
+        fitted = spec.head.fit(
+            make_dataset(train_embeddings, config.batch_size, num_classes, shuffle_seed=config.training_seed),
+            validation_data=make_dataset(val_embeddings, config.batch_size, num_classes),
+            epochs=config.epochs,
+            class_weight=class_weights(data.train.labels, num_classes) if config.class_weight == "auto" else None,
+            shuffle=False,
+            verbose=verbose,
+        )
+    seconds = (time.perf_counter() - started) / config.epochs
+    epochs = [{key: values[i] for key, values in fitted.history.items()} for i in range(config.epochs)]
+    recorder.record_epochs(spec.classifier, epochs, seconds)
+
+
+def _loss(config: TrainConfig) -> keras.losses.Loss:
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+
+
+def make_optimizer(config: TrainConfig, peak_rate: float, epochs: int, train_images: int,
+                   warmup_epochs: int | None = None) -> keras.optimizers.Optimizer:
+    steps_per_epoch = -(-train_images // config.batch_size)
+    warmup = config.warmup_epochs if warmup_epochs is None else warmup_epochs
+    rate = learning_rate(config.lr_schedule, peak_rate, epochs, warmup, steps_per_epoch)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     return keras.optimizers.Adam(rate)
 
 
-def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(schedule: str, peak_rate: float, epochs: int, warmup_epochs: int,
+                  steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """A constant rate, or a schedule: linear warm-up, then cosine decay to 0 (or constant)."""
-    warmup = config.warmup_epochs * steps_per_epoch
-    if config.lr_schedule == "constant" and not warmup:
-        return config.learning_rate
+    warmup = warmup_epochs * steps_per_epoch
+    if schedule == "constant" and not warmup:
+        return peak_rate
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else config.learning_rate,
-        decay_steps=max(1, (config.epochs - config.warmup_epochs) * steps_per_epoch),
-        alpha=0.0 if config.lr_schedule == "cosine" else 1.0,  # alpha 1: stays at the peak (constant)
-        warmup_target=config.learning_rate if warmup else None,
+        initial_learning_rate=0.0 if warmup else peak_rate,
+        decay_steps=max(1, (epochs - warmup_epochs) * steps_per_epoch),
+        alpha=0.0 if schedule == "cosine" else 1.0,  # alpha 1: stays at the peak (constant)
+        warmup_target=peak_rate if warmup else None,
         warmup_steps=warmup,
     )
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, stage: str):
+    """Add the wall time of the block to timings[stage] (written to timings.json)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
 @contextlib.contextmanager
@@ -167,7 +244,7 @@ def _dtype_policy(policy: str):
 def _inference_copy(model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
     """The same architecture built in float32 and not compiled, holding the trained (float32) weights:
     what model.keras keeps. No optimizer state (a third of the tutorial's 48 MB), no 16-bit layers."""
-    twin = create_model(config.model, num_classes, config.image_size).classifier
+    twin = create_model(config.model, num_classes, config.image_size, weights=None).classifier
     twin.set_weights(model.get_weights())
     return twin
 
@@ -178,8 +255,9 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {c: float(len(labels) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
-def _start_or_resume(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int]:
-    """Fresh start: write the run's config, labels and split. Resume: check them; return (split, epochs done)."""
+def _plan(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int]:
+    """Resume: check the saved config, read the recorded split and the epochs done. Fresh start: check the
+    folder is free and make the split. Writes nothing."""
     if resume:
         saved = run.config().to_dict()
         given = config.to_dict()
@@ -193,14 +271,16 @@ def _start_or_resume(run: RunFolder, config: TrainConfig, resume: bool) -> tuple
         raise RunFolderError(
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"
         )
-    split = make_split(config)
+    return make_split(config), 0
+
+
+def _write_run_start(run: RunFolder, config: TrainConfig, split: Split) -> None:
     atomic.write_json(run.config_path, config.to_dict())
     atomic.write_text(run.labels_path, "\n".join(split.train.class_names) + "\n")
     write_file_list(run / "split" / "train.csv", split.train)
     write_file_list(run / "split" / "validation.csv", split.validation)
     if split.test is not None:
         write_file_list(run / "split" / "test.csv", split.test)
-    return split, 0
 
 
 def _checkpoint_state(run: RunFolder) -> dict:
@@ -225,34 +305,38 @@ class _RunRecorder(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.started
-        logs = logs or {}
-        name = f"epoch-{epoch + 1:04d}.keras"
+        self.record_epochs(self.model, [logs or {}], time.perf_counter() - self.started, first_epoch=epoch)
+
+    def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: float, first_epoch: int = 0) -> None:
+        """Append epochs first_epoch+1.. to the history (`seconds` each) and checkpoint `model` as the last
+        of them; only that last epoch can become the best one, as only its weights are kept."""
+        last = first_epoch + len(epochs)
+        name = f"epoch-{last:04d}.keras"
         with atomic.atomic_path(self.run.checkpoint_dir / name) as tmp:
-            self.model.save(tmp)
+            model.save(tmp)
         state = self.state()
         best_epoch, best_value = state["best_epoch"], state["best_val_accuracy"]
-        if logs.get("val_accuracy", -1.0) > best_value:
-            best_epoch, best_value = epoch + 1, float(logs["val_accuracy"])
+        if epochs[-1].get("val_accuracy", -1.0) > best_value:
+            best_epoch, best_value = last, float(epochs[-1]["val_accuracy"])
             if self.patience:
                 with atomic.atomic_path(self.run.checkpoint_dir / "best.keras") as tmp:
-                    self.model.save(tmp)
-        rows = _read_rows(self.run.history_path)[:epoch]
-        rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())},
-                     "seconds": round(seconds, 3)})
+                    model.save(tmp)
+        rows = _read_rows(self.run.history_path)[:first_epoch]
+        for number, logs in enumerate(epochs, start=first_epoch + 1):
+            rows.append({"epoch": number, **{k: float(v) for k, v in sorted(logs.items())}, "seconds": round(seconds, 3)})
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[-1]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic.write_text(self.run.history_path, buffer.getvalue())
         atomic.write_json(self.run.checkpoint_dir / "state.json",
-                          {"epochs_done": epoch + 1, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
+                          {"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
         for old in self.run.checkpoint_dir.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink(missing_ok=True)
-        if self.patience and epoch + 1 - best_epoch >= self.patience:
-            log.info("early stopping after epoch %d: no better val accuracy for %d epochs", epoch + 1, self.patience)
-            self.model.stop_training = True
+        if self.patience and last - best_epoch >= self.patience:
+            log.info("early stopping after epoch %d: no better val accuracy for %d epochs", last, self.patience)
+            model.stop_training = True
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -270,7 +354,7 @@ def _write_skipped(run: RunFolder, skipped: dict[str, str]) -> None:
     atomic.write_text(run / "skipped.csv", buffer.getvalue())
 
 
-def _write_previews(run: RunFolder, images: CachedImages, class_names, augment) -> None:
+def _write_previews(run: RunFolder, images: CachedRows, class_names, augment) -> None:
     """samples.png: nine training images; augmentation.png: the first one through the augmentation nine times."""
     count = min(9, len(images))
     batch = images.gather(np.arange(count))

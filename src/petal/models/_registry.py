@@ -5,9 +5,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from petal.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,10 @@ class ModelSpec:
     exported and served. Augmentation is not part of it: see `petal.augment`.
     """
 
-    classifier: "keras.Model"  # noqa: F821 - keras is imported by the builders
+    classifier: keras.Model
+    # Pretrained backbones only: `classifier` is head(features(images)), the two sharing its layers.
+    features: keras.Model | None = None  # images -> embeddings (preprocessing included)
+    head: keras.Model | None = None  # embeddings -> logits
 
 
 @dataclass(frozen=True)
@@ -27,22 +33,29 @@ class ModelEntry:
     description: str
     builder: Callable[..., ModelSpec]
     recipe: dict = field(default_factory=dict)  # TrainConfig values this model trains with unless told otherwise
+    preprocessing: str = "x / 255, inside the model"  # what the model does to its 0..255 input; recorded in config.json
+    block_pattern: str | None = None  # pretrained backbones: regex whose group 'block' names a fine-tunable block
+
+    @property
+    def pretrained(self) -> bool:
+        return self.block_pattern is not None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str, recipe: dict | None = None):
+def register_model(name: str, description: str, recipe: dict | None = None, **details):
     """Decorator: `@register_model("tutorial", "...")` on `builder(num_classes, image_size) -> ModelSpec`.
 
     `recipe` holds the TrainConfig values (epochs, image size, optimizer, augmentation...) the model
-    was measured with; the user's own settings override them.
+    was measured with; the user's own settings override them. `details`: the other ModelEntry fields.
+    Pretrained backbones take a third argument, `weights` ("imagenet", a file, or None for random).
     """
 
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model name registered twice: {name}")
-        _REGISTRY[name] = ModelEntry(name, description, builder, dict(recipe or {}))
+        _REGISTRY[name] = ModelEntry(name, description, builder, dict(recipe or {}), **details)
         return builder
 
     return decorate
@@ -61,5 +74,10 @@ def get_model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
-    return get_model_entry(name).builder(num_classes=num_classes, image_size=tuple(image_size))
+def create_model(name: str, num_classes: int, image_size: tuple[int, int], weights: str | None = "imagenet") -> ModelSpec:
+    """`weights` matters for pretrained backbones only: "imagenet" (Keras downloads and caches the file),
+    a local weights file, or None (random, e.g. to receive trained weights)."""
+    entry = get_model_entry(name)
+    if entry.pretrained:
+        return entry.builder(num_classes=num_classes, image_size=tuple(image_size), weights=weights)
+    return entry.builder(num_classes=num_classes, image_size=tuple(image_size))

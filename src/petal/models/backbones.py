@@ -1,0 +1,151 @@
+"""Pretrained ImageNet backbones from `keras.applications`, each under a small head, for transfer learning.
+
+Every classifier takes 0..255 images like any petal model: the backbone's own preprocessing is a layer
+inside it (or inside the Keras application), so training, evaluation, export and prediction cannot
+disagree on it. Weights come the standard Keras way: "imagenet" makes Keras use
+~/.keras/models/<file> (downloading it there when missing), a path uses that file. Training
+(petal.train) first fits the head on cached embeddings with the backbone frozen, then optionally
+fine-tunes the top blocks; `block_pattern` tells which layers make up a block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from petal.errors import WeightsError
+from petal.models._registry import ModelSpec, register_model
+
+HEAD_DROPOUT = 0.2
+BACKBONE_LAYER = "backbone"  # the Keras application inside every classifier, by this name
+
+# The recipe these backbones were measured with (docs/BENCHMARKS.md, benchmarks/transfer.py). `epochs`
+# are the head's, on cached embeddings; augmentation serves the optional fine-tuning.
+RECIPE = {
+    "image_size": (224, 224),
+    "epochs": 30,
+    "batch_size": 32,
+    "optimizer": "adam",
+    "learning_rate": 0.003,
+    "lr_schedule": "cosine",
+    "label_smoothing": 0.1,
+    "augmentation": "crop-flip",
+    "precision": "float32",
+}
+
+MINUS_ONE_TO_ONE = "x / 127.5 - 1, inside the model"
+KERAS_OWN = "the Keras application's own (Rescaling/Normalization layers), inside the model"
+
+
+def keras_weights_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+
+
+def _backbone_builder(application, rescale: bool, **options):
+    def build(num_classes: int, image_size: tuple[int, int], weights: str | None) -> ModelSpec:
+        images = keras.Input((*image_size, 3), name="image")
+        x = layers.Rescaling(1 / 127.5, offset=-1, name="preprocessing")(images) if rescale else images
+        backbone = load_backbone(application, image_size, weights, **options)
+        backbone.trainable = False
+        embeddings = backbone(x)
+        head = keras.Sequential(
+            [keras.Input((embeddings.shape[-1],)), layers.Dropout(HEAD_DROPOUT), layers.Dense(num_classes, name="logits")],
+            name="head",
+        )
+        classifier = keras.Model(images, head(embeddings), name="classifier")
+        return ModelSpec(classifier, features=keras.Model(images, embeddings, name="features"), head=head)
+
+    return build
+
+
+def load_backbone(application, image_size: tuple[int, int], weights: str | None, **options) -> keras.Model:
+    """The application without its top, average-pooled; a missing or unfitting weights file is one WeightsError."""
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise WeightsError(f"{weights}: no such weights file")
+    keras_says = io.StringIO()  # Keras prints "Downloading data from ..." before a download that may fail
+    try:
+        with contextlib.redirect_stdout(keras_says):
+            backbone = application(
+                input_shape=(*image_size, 3), include_top=False, weights=weights, pooling="avg", name=BACKBONE_LAYER, **options
+            )
+    except Exception as exc:
+        fetch = re.search(r"URL fetch failure on (\S+?): (.*)", str(exc))
+        if weights == "imagenet" and fetch:
+            url, reason = fetch.groups()
+            file_name = url.rsplit("/", 1)[-1]
+            raise WeightsError(
+                f"pretrained weights {file_name} are not in {keras_weights_dir()} and cannot be downloaded "
+                f"({reason.strip()}): put that file there (from {url}) or pass --weights FILE"
+            ) from None
+        if weights not in (None, "imagenet"):
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightsError(f"{weights}: not weights of {application.__name__} without its top ({first_line})") from None
+        raise
+    sys.stdout.write(keras_says.getvalue())
+    return backbone
+
+
+def _register(name: str, description: str, application, rescale: bool, block_pattern: str, **options):
+    register_model(
+        name,
+        description,
+        recipe=RECIPE,
+        preprocessing=MINUS_ONE_TO_ONE if rescale else KERAS_OWN,
+        block_pattern=block_pattern,
+    )(_backbone_builder(application, rescale, **options))
+
+
+for _alpha in ("0.25", "0.5", "0.75", "1.0"):
+    _register(
+        f"mobilenet-v1-{_alpha}",
+        f"MobileNet v1, width {_alpha}, ImageNet weights (the smallest and fastest backbones)",
+        keras.applications.MobileNet,
+        rescale=True,
+        block_pattern=r"^conv_(?:dw|pw|pad)_(?P<block>\d+)(?:_|$)",
+        alpha=float(_alpha),
+    )
+_register("mobilenet-v2", "MobileNetV2, ImageNet weights (MediaPipe Model Maker's default backbone)",
+          keras.applications.MobileNetV2, rescale=True, block_pattern=r"^(?P<block>block_\d+|expanded_conv)_")
+_register("mobilenet-v3-small", "MobileNetV3Small, ImageNet weights", keras.applications.MobileNetV3Small,
+          rescale=False, block_pattern=r"^(?P<block>expanded_conv(?:_\d+)?)_")
+_register("mobilenet-v3-large", "MobileNetV3Large, ImageNet weights", keras.applications.MobileNetV3Large,
+          rescale=False, block_pattern=r"^(?P<block>expanded_conv(?:_\d+)?)_")
+_register("efficientnet-b0", "EfficientNetB0, ImageNet weights (the most accurate here, the slowest)",
+          keras.applications.EfficientNetB0, rescale=False, block_pattern=r"^(?P<block>block\d+[a-z])_")
+_register("efficientnetv2-b0", "EfficientNetV2B0, ImageNet weights", keras.applications.EfficientNetV2B0,
+          rescale=False, block_pattern=r"^(?P<block>block\d+[a-z])_")
+
+
+def backbone_blocks(classifier: keras.Model, block_pattern: str) -> list[list[keras.layers.Layer]]:
+    """The backbone's layers grouped into blocks, input side first. Layers between two blocks (activations,
+    the final 1x1 convolution) belong to the block before them; the stem belongs to none."""
+    pattern = re.compile(block_pattern)
+    blocks: dict[str, list] = {}
+    current = None
+    for layer in classifier.get_layer(BACKBONE_LAYER).layers:
+        match = pattern.match(layer.name)
+        if match:
+            current = match["block"]
+        if current is not None:
+            blocks.setdefault(current, []).append(layer)
+    return list(blocks.values())
+
+
+def unfreeze_top_blocks(classifier: keras.Model, block_pattern: str, count: int) -> int:
+    """Make the top `count` blocks trainable, batch norm excepted: a frozen BatchNormalization runs in
+    inference mode, so its statistics are not pulled towards a small data set. Returns the number of
+    trainable weights."""
+    backbone = classifier.get_layer(BACKBONE_LAYER)
+    backbone.trainable = True
+    blocks = backbone_blocks(classifier, block_pattern)
+    chosen = {id(layer) for block in blocks[len(blocks) - count:] for layer in block} if count else set()
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in chosen and not isinstance(layer, layers.BatchNormalization)
+    return len(classifier.trainable_weights)

@@ -1,0 +1,160 @@
+"""Pretrained backbones: weights from a file, cached embeddings, fine-tuning, offline errors, export.
+
+A real ImageNet file is not needed: a MobileNet v1 (alpha 0.25) with random weights, saved to a file,
+stands in for it and goes through `--weights` like a downloaded one.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import make_folder
+from petal.config import ExportConfig, TrainConfig
+from petal.errors import WeightsError
+from petal.export import export_litert
+from petal.metadata import read_metadata
+from petal.models import create_model, get_model_entry
+from petal.models.backbones import BACKBONE_LAYER, backbone_blocks, load_backbone, unfreeze_top_blocks
+from petal.predict import Predictor
+from petal.train import train
+
+PETAL = str(Path(sys.executable).parent / "petal")
+MODEL = "mobilenet-v1-0.25"
+SIZE = (32, 32)
+
+
+def random_backbone_weights(path: Path, seed: int) -> Path:
+    """A MobileNet v1 0.25 saved as a user would pass it to --weights, "pretrained" for a few seconds to
+    tell which colour channel dominates a noisy patch: like ImageNet weights, it brings features that
+    matter for the generated photos, with batch-norm statistics that fit them."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(0, 255, (768, 1, 1, 3))
+    patches = np.clip(colours + rng.uniform(-40, 40, (768, *SIZE, 3)), 0, 255).astype("float32") / 127.5 - 1
+    backbone = load_backbone(keras.applications.MobileNet, SIZE, None, alpha=0.25)
+    pretraining = keras.Sequential([backbone, keras.layers.Dense(3)])
+    pretraining.compile(optimizer=keras.optimizers.Adam(3e-3),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pretraining.fit(patches, colours.reshape(-1, 3).argmax(axis=1), epochs=4, batch_size=32, verbose=0)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # moving statistics := one batch's, as if pretraining had run long
+    backbone(patches[:256], training=True)
+    backbone.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    return random_backbone_weights(tmp_path_factory.mktemp("weights") / "random-mobilenet.weights.h5", seed=7)
+
+
+def transfer_config(data: Path, weights: Path, **settings) -> TrainConfig:
+    return TrainConfig.for_model(str(data), MODEL, weights=str(weights), **{"image_size": SIZE, "epochs": 8, "batch_size": 8, **settings})
+
+
+def test_the_recipe_records_input_size_and_preprocessing(tmp_path):
+    config = TrainConfig.for_model(str(tmp_path), MODEL)
+    assert config.image_size == (224, 224)
+    assert config.preprocessing == get_model_entry(MODEL).preprocessing == "x / 127.5 - 1, inside the model"
+    assert get_model_entry("efficientnet-b0").preprocessing != config.preprocessing
+
+
+def test_second_identical_run_computes_no_embeddings(tmp_path, weights_file, caplog):
+    data = make_folder(tmp_path / "photos", per_class=12)
+    config = transfer_config(data, weights_file)
+    with caplog.at_level(logging.INFO, logger="petal.embeddings"):
+        first = train(config, tmp_path / "first", verbose=0)
+    assert "computed 29 embeddings, 0 read from the embedding cache" in caplog.text  # training split: 29 of 36
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="petal.embeddings"):
+        second = train(config, tmp_path / "second", verbose=0)
+
+    assert "computed 0 embeddings, 29 read from the embedding cache" in caplog.text
+    assert "computing" not in caplog.text
+    assert second.history["val_accuracy"] == first.history["val_accuracy"]  # the same embeddings, the same head
+    assert (second.run / "timings.json").exists() and len(second.history["val_accuracy"]) == 8
+
+
+def test_other_weights_are_other_embeddings(tmp_path, weights_file, caplog):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    train(transfer_config(data, weights_file), tmp_path / "a", verbose=0)
+    other = random_backbone_weights(tmp_path / "other.weights.h5", seed=8)
+    with caplog.at_level(logging.INFO, logger="petal.embeddings"):
+        train(transfer_config(data, other), tmp_path / "b", verbose=0)
+    assert "computed 0 embeddings" not in caplog.text
+
+
+def test_fine_tuning_trains_the_top_blocks_and_keeps_batch_norm_frozen(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=8)
+    config = transfer_config(data, weights_file, fine_tune_blocks=2, fine_tune_epochs=2)
+    result = train(config, tmp_path / "run", verbose=0)
+
+    assert len(result.history["val_accuracy"]) == 8 + 2
+    trained = keras.saving.load_model(result.run.path / "model.keras").get_layer(BACKBONE_LAYER)
+    original = load_backbone(keras.applications.MobileNet, SIZE, str(weights_file), alpha=0.25)
+    changed = {
+        layer.name
+        for layer, before in zip(trained.layers, original.layers)
+        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights()))
+    }
+    assert changed == {"conv_dw_12", "conv_pw_12", "conv_dw_13", "conv_pw_13"}
+
+
+def test_unfreezing_counts_blocks_from_the_top_and_never_batch_norm():
+    classifier = create_model(MODEL, 3, SIZE, weights=None).classifier
+    blocks = backbone_blocks(classifier, get_model_entry(MODEL).block_pattern)
+    assert len(blocks) == 13 and blocks[-1][0].name == "conv_dw_13"
+
+    unfreeze_top_blocks(classifier, get_model_entry(MODEL).block_pattern, 1)
+    trainable = {layer.name for layer in classifier.get_layer(BACKBONE_LAYER).layers if layer.trainable and layer.weights}
+    assert trainable == {"conv_dw_13", "conv_pw_13"}
+
+
+def test_weights_that_do_not_fit_are_one_clear_error(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=4)
+    config = TrainConfig.for_model(str(data), "mobilenet-v1-0.5", weights=str(weights_file), image_size=SIZE, epochs=1)
+    with pytest.raises(WeightsError, match="random-mobilenet.weights.h5: not weights of MobileNet"):
+        train(config, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("weights", [None, "missing.h5"])
+def test_without_network_or_file_training_stops_in_one_line_and_writes_nothing(tmp_path, weights):
+    data = make_folder(tmp_path / "photos", per_class=4)
+    run = tmp_path / "run"
+    offline = {**os.environ, "KERAS_HOME": str(tmp_path / "keras-home"), "https_proxy": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+    command = [PETAL, "train", str(data), "--model", MODEL, "--out", str(run)] + (["--weights", weights] if weights else [])
+    done = subprocess.run(command, env=offline, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("petal:")]
+    assert len(errors) == 1, done.stderr
+    if weights:
+        assert errors[0] == "petal: error: missing.h5: no such weights file"
+    else:
+        assert "mobilenet_2_5_224_tf_no_top.h5" in errors[0] and "--weights FILE" in errors[0]
+        assert str(tmp_path / "keras-home" / "models") in errors[0]
+    assert not run.exists()
+    assert "Downloading" not in done.stdout
+
+
+def test_int8_transfer_model_passes_the_gate_and_predicts_with_its_labels(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=20)
+    run = train(transfer_config(data, weights_file, epochs=20), tmp_path / "run", verbose=0).run.path
+    report = export_litert(run, ExportConfig(variants=("int8",), calibration_images=30))
+
+    assert report.variants[0].passed, report.variants[0].failure
+    assert report.keras_accuracy == 1.0
+    tflite = run / "export" / "model-int8.tflite"
+    assert read_metadata(tflite)["preprocessing"]["model_input"] == "x / 127.5 - 1, inside the model"
+    predictor = Predictor.load(tflite)
+    [prediction] = predictor.predict([data / "red" / "img_000.jpg"])
+    assert predictor.class_names == ("blue", "green", "red") and prediction.label == "red"
