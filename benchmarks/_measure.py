@@ -1,5 +1,6 @@
-"""Run a command as a child process and measure it: wall time and the child's own peak RSS."""
+"""Run a command as a child process and measure it: wall time and the child's own peak RSS; read what it wrote."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -28,3 +29,11 @@ def run_measured(command: list[str], log_path: Path) -> dict:
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
     return {"returncode": os.waitstatus_to_exitcode(status), "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def read_history(path: Path) -> list[dict]:
+    """A run folder's history.csv as a list of rows of floats; [] when the run wrote none."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]

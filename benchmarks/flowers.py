@@ -14,13 +14,12 @@ accuracy first reached the tutorial-augmented model's final one.
 """
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import machine, run_measured  # noqa: E402
+from _measure import machine, read_history, run_measured  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +50,7 @@ def main():
         exported = run_measured(petal + ["export", str(run_dir), "--quantize", "float32"], args.out / f"export-{run_dir.name}.log")
         config = json.loads((run_dir / "config.json").read_text())
         report = json.loads((run_dir / "export" / "report.json").read_text()) if (run_dir / "export" / "report.json").exists() else None
-        history = _history(run_dir / "history.csv")
+        history = read_history(run_dir / "history.csv")
         rows.append({
             "run": name, "run_dir": str(run_dir), "config": config, "train": trained, "export_returncode": exported["returncode"],
             "history": history, "float32": report["variants"][0] if report else None,
@@ -85,12 +84,6 @@ def main():
     for row in rows:
         print(f"{row['run']}: val accuracy per epoch: " + " ".join(f"{r['val_accuracy']:.3f}" for r in row["history"]))
 
-
-def _history(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 if __name__ == "__main__":

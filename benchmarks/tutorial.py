@@ -11,13 +11,12 @@ Prints per-epoch validation accuracy, wall time, peak memory and .tflite size; w
 """
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import machine, run_measured  # noqa: E402
+from _measure import machine, read_history, run_measured  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,7 +55,7 @@ def main():
             args.out / f"train-{model}.log",
         )
         exported = run_measured(petal + ["export", str(run_dir), "--quantize", "float32"], args.out / f"export-{model}.log")
-        history = _history(run_dir / "history.csv")
+        history = read_history(run_dir / "history.csv")
         report_path = run_dir / "export" / "report.json"
         parity = json.loads(report_path.read_text())["variants"][0] if report_path.exists() else {}
         log_text = (args.out / f"train-{model}.log").read_text()
@@ -89,13 +88,6 @@ def main():
         print(f"{row['run']}: val accuracy per epoch: " + " ".join(f"{a:.3f}" for a in row["val_accuracy"]))
         for line in row.get("decode_log", []):
             print(f"    {line}")
-
-
-def _history(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _row_text(row: dict) -> str:

@@ -27,14 +27,14 @@ def test_the_default_model_is_small_enough_for_a_two_megabyte_tflite():
 
 @pytest.mark.parametrize("name", [entry.name for entry in list_models()])
 def test_every_registered_model_maps_images_to_logits(name):
-    spec = create_model(name, num_classes=3, image_size=(32, 32))
+    spec = create_model(name, num_classes=3, image_size=(32, 32), weights=None)
     logits = np.asarray(spec.classifier(np.full((2, 32, 32, 3), 128.0, np.float32), training=False))
     assert logits.shape == (2, 3)
     assert np.isfinite(logits).all()
 
 
 def test_unknown_model_lists_valid_names_and_suggests_the_closest():
-    with pytest.raises(ConfigError, match=r"valid names: petal-resnet, tutorial, tutorial-augmented.*Did you mean 'tutorial-augmented'\?"):
+    with pytest.raises(ConfigError, match=r"valid names: .*petal-resnet, tutorial, tutorial-augmented.*Did you mean 'tutorial-augmented'\?"):
         create_model("tutorial-augment", 5, (180, 180))
 
 

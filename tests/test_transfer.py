@@ -6,8 +6,10 @@ stands in for it and goes through `--weights` like a downloaded one.
 
 import logging
 import os
+import re
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import keras
@@ -19,7 +21,7 @@ from petal.config import ExportConfig, TrainConfig
 from petal.errors import WeightsError
 from petal.export import export_litert
 from petal.metadata import read_metadata
-from petal.models import create_model, get_model_entry
+from petal.models import create_model, get_model_entry, list_models
 from petal.models.backbones import BACKBONE_LAYER, backbone_blocks, load_backbone, unfreeze_top_blocks
 from petal.predict import Predictor
 from petal.train import train
@@ -123,6 +125,20 @@ def test_weights_that_do_not_fit_are_one_clear_error(tmp_path, weights_file):
     with pytest.raises(WeightsError, match="random-mobilenet.weights.h5: not weights of MobileNet"):
         train(config, tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", [entry.name for entry in list_models() if entry.pretrained])
+def test_every_backbone_offline_names_the_weights_file_keras_would_download(name, tmp_path, monkeypatch):
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras.src.utils.file_utils, "urlretrieve", no_network)
+    with pytest.raises(WeightsError) as error:
+        create_model(name, 3, (224, 224))
+    file_name = re.search(r"pretrained weights (\S+) are not in", str(error.value))[1]
+    assert file_name.endswith(".h5") and "no_top" in file_name.replace("notop", "no_top")
+    assert str(tmp_path / "models") in str(error.value) and "--weights FILE" in str(error.value)
 
 
 @pytest.mark.parametrize("weights", [None, "missing.h5"])

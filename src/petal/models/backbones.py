@@ -72,9 +72,7 @@ def load_backbone(application, image_size: tuple[int, int], weights: str | None,
     keras_says = io.StringIO()  # Keras prints "Downloading data from ..." before a download that may fail
     try:
         with contextlib.redirect_stdout(keras_says):
-            backbone = application(
-                input_shape=(*image_size, 3), include_top=False, weights=weights, pooling="avg", name=BACKBONE_LAYER, **options
-            )
+            backbone = application(input_shape=(*image_size, 3), include_top=False, weights=weights, pooling="avg", **options)
     except Exception as exc:
         fetch = re.search(r"URL fetch failure on (\S+?): (.*)", str(exc))
         if weights == "imagenet" and fetch:
@@ -89,6 +87,7 @@ def load_backbone(application, image_size: tuple[int, int], weights: str | None,
             raise WeightsError(f"{weights}: not weights of {application.__name__} without its top ({first_line})") from None
         raise
     sys.stdout.write(keras_says.getvalue())
+    backbone.name = BACKBONE_LAYER  # renamed only now: EfficientNets derive their weights file name from `name`
     return backbone
 
 
@@ -105,21 +104,21 @@ def _register(name: str, description: str, application, rescale: bool, block_pat
 for _alpha in ("0.25", "0.5", "0.75", "1.0"):
     _register(
         f"mobilenet-v1-{_alpha}",
-        f"MobileNet v1, width {_alpha}, ImageNet weights (the smallest and fastest backbones)",
+        f"pretrained MobileNet v1, width {_alpha} (ImageNet)",
         keras.applications.MobileNet,
         rescale=True,
         block_pattern=r"^conv_(?:dw|pw|pad)_(?P<block>\d+)(?:_|$)",
         alpha=float(_alpha),
     )
-_register("mobilenet-v2", "MobileNetV2, ImageNet weights (MediaPipe Model Maker's default backbone)",
+_register("mobilenet-v2", "pretrained MobileNetV2 (ImageNet; MediaPipe Model Maker's mobilenet_v2)",
           keras.applications.MobileNetV2, rescale=True, block_pattern=r"^(?P<block>block_\d+|expanded_conv)_")
-_register("mobilenet-v3-small", "MobileNetV3Small, ImageNet weights", keras.applications.MobileNetV3Small,
+_register("mobilenet-v3-small", "pretrained MobileNetV3Small (ImageNet)", keras.applications.MobileNetV3Small,
           rescale=False, block_pattern=r"^(?P<block>expanded_conv(?:_\d+)?)_")
-_register("mobilenet-v3-large", "MobileNetV3Large, ImageNet weights", keras.applications.MobileNetV3Large,
+_register("mobilenet-v3-large", "pretrained MobileNetV3Large (ImageNet)", keras.applications.MobileNetV3Large,
           rescale=False, block_pattern=r"^(?P<block>expanded_conv(?:_\d+)?)_")
-_register("efficientnet-b0", "EfficientNetB0, ImageNet weights (the most accurate here, the slowest)",
+_register("efficientnet-b0", "pretrained EfficientNetB0 (ImageNet)",
           keras.applications.EfficientNetB0, rescale=False, block_pattern=r"^(?P<block>block\d+[a-z])_")
-_register("efficientnetv2-b0", "EfficientNetV2B0, ImageNet weights", keras.applications.EfficientNetV2B0,
+_register("efficientnetv2-b0", "pretrained EfficientNetV2B0 (ImageNet)", keras.applications.EfficientNetV2B0,
           rescale=False, block_pattern=r"^(?P<block>block\d+[a-z])_")
 
 
