@@ -171,8 +171,8 @@ def _add_train_options(parser, epochs_default: int | None = None):
                             help="backbone weights file (default: Keras's ImageNet file in ~/.keras/models, downloaded when missing)")
     pretrained.add_argument("--fine-tune-blocks", type=int, metavar="N",
                             help="after the head (--epochs, on cached embeddings), also train the top N blocks (default 0: off)")
-    pretrained.add_argument("--fine-tune-epochs", type=int, help="epochs of fine-tuning (default 5)")
-    pretrained.add_argument("--fine-tune-learning-rate", type=float, help="peak learning rate of fine-tuning (default 1e-4)")
+    pretrained.add_argument("--fine-tune-epochs", type=int, help="epochs of fine-tuning (default 8)")
+    pretrained.add_argument("--fine-tune-learning-rate", type=float, help="peak learning rate of fine-tuning (default 3e-4)")
 
 
 def cmd_data(args) -> int:
