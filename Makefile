@@ -16,5 +16,5 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,serve,test]'
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,scale,test]'
 	touch $@

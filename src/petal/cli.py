@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ TRAIN_SETTINGS = (
 )
 
 # Which optional extra brings which module, for the one-line "pip install 'petal[...]'" message.
-EXTRAS = {"train": ("tensorflow", "keras", "matplotlib", "tqdm"), "serve": ("starlette", "uvicorn", "multipart")}
+EXTRAS = {"train": ("tensorflow", "keras", "matplotlib", "tqdm"), "serve": ("starlette", "uvicorn", "multipart"),
+          "scale": ("ray", "pyarrow", "psutil")}
 
 EXIT_ERROR = 2  # the command could not do its job
 EXIT_PARTIAL = 1  # it did, but some inputs failed (e.g. unreadable images given to predict)
@@ -121,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", metavar="IMAGE", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
     predict.set_defaults(handler=cmd_predict)
+
+    batch = commands.add_parser("predict-batch", help="classify a folder, glob or manifest of any size on Ray, into Parquet files")
+    batch.add_argument("model", metavar="MODEL", help="a .tflite, or a run folder (its export/model-float32.tflite)")
+    batch.add_argument("source", metavar="SOURCE",
+                       help="a folder (searched recursively), a quoted glob, or a manifest: .txt, or .csv/.parquet with a 'path' column")
+    batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the Parquet parts go; a killed run resumes there")
+    batch.add_argument("--address", help="a Ray cluster to join, e.g. 10.0.0.5:6379 (default: start a local one on 127.0.0.1)")
+    batch.add_argument("--workers", type=int, default=2, help="LiteRT interpreters, one per Ray actor (default 2)")
+    batch.add_argument("--batch-size", type=int, default=32, help="images per interpreter call (default 32)")
+    batch.add_argument("--top-k", type=int, default=3)
+    batch.add_argument("--part-size", type=int, default=512, help="files per Parquet part, the unit of work and of resuming (default 512)")
+    batch.add_argument("--overwrite", action="store_true", help="replace DIR's predictions of another model or source")
+    batch.add_argument("--dashboard", action="store_true", help="start the local cluster with Ray's dashboard")
+    batch.set_defaults(handler=cmd_predict_batch)
 
     demo = commands.add_parser("demo", help="the whole workflow (data, train, export, predict) on the bundled sample")
     demo.add_argument("--data", dest="data_dir", help="a folder of class sub-folders (default: the bundled flower sample)")
@@ -328,6 +344,23 @@ def cmd_predict(args) -> int:
     return EXIT_PARTIAL if failed else 0
 
 
+def cmd_predict_batch(args) -> int:
+    batch = _import("petal.batch", "petal predict-batch")
+    _require(("ray", "pyarrow", "psutil"), "petal predict-batch")
+    result = batch.predict_batch(
+        args.model, args.source, args.out, address=args.address, workers=args.workers, batch_size=args.batch_size,
+        top_k=args.top_k, part_size=args.part_size, overwrite=args.overwrite, dashboard=args.dashboard,
+        progress=_progress_bar("predicting"),
+    )
+    if result.parts_skipped:
+        print(f"{result.parts_skipped} parts were already written by an earlier run; predicted the rest")
+    print(result.summary() + f" -> {args.out}")
+    if not result.predicted:
+        print(f"petal: error: every file failed; the error column of {args.out}/part-*.parquet says why", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 def cmd_demo(args) -> int:
     """data -> train -> export -> predict, each step printed as the tutorial does it."""
     from petal.sample_data import sample_folder
@@ -386,6 +419,14 @@ def _import(module: str, feature: str):
             if missing in modules:
                 raise MissingDependencyError(feature, extra, missing) from None
         raise
+
+
+def _require(modules, feature: str) -> None:
+    """Check that optional modules are installed without importing them (Ray reads its settings when imported)."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            extra = next(extra for extra, provided in EXTRAS.items() if module in provided)
+            raise MissingDependencyError(feature, extra, module)
 
 
 def _version() -> str:
