@@ -38,7 +38,7 @@ def main():
     from petal.models import DEFAULT_MODEL, create_model
     from petal.pipeline import make_dataset
     from petal.precision import KERAS_POLICY
-    from petal.train import decode_cache, make_optimizer, make_split
+    from petal.train import compile_for_training, decode_cache, make_split
 
     base = TrainConfig.for_model(args.data, DEFAULT_MODEL, cache_dir=args.cache_dir)
     images = decode_cache(base).load(make_split(base).train)
@@ -59,8 +59,7 @@ def main():
 
             keras.config.set_dtype_policy(KERAS_POLICY[precision])
             model = create_model(DEFAULT_MODEL, 5, config.image_size).classifier
-            model.compile(make_optimizer(config, len(images) // batch_size),
-                          keras.losses.CategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+            compile_for_training(model, config, len(images))
             x, y = next(iter(dataset))
             for _ in range(2):
                 model.train_on_batch(x, y)

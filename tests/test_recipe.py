@@ -55,12 +55,17 @@ def test_mixup_mixes_the_labels_too():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    config = TrainConfig("photos", "tutorial", epochs=10, lr_schedule="cosine", warmup_epochs=2, learning_rate=0.01,
-                         optimizer="adamw", weight_decay=0.05)
-    schedule = learning_rate(config, steps_per_epoch=10)
+    schedule = learning_rate("cosine", peak_rate=0.01, epochs=10, warmup_epochs=2, steps_per_epoch=10)
     rates = [float(schedule(step)) for step in (0, 10, 20, 60, 100)]
     assert rates[0] == 0.0 and rates[1] == pytest.approx(0.005) and rates[2] == pytest.approx(0.01)
     assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_with_more_replicas_the_peak_rate_scales_linearly_unless_told_not_to():
+    config = TrainConfig("photos", "tutorial", learning_rate=0.001, strategy="multi-worker", workers=4)
+    assert config.learning_rate_for(config.learning_rate, 4) == pytest.approx(0.004)
+    config.lr_scaling = "none"
+    assert config.learning_rate_for(config.learning_rate, 4) == pytest.approx(0.001)
 
 
 def test_auto_precision_follows_the_cpus_features(monkeypatch):

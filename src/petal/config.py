@@ -22,6 +22,7 @@ AUGMENTATIONS = {
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+STRATEGIES = ("single", "mirrored", "multi-worker")
 
 
 @dataclass
@@ -57,6 +58,11 @@ class TrainConfig:
     fine_tune_blocks: int = 0  # after the head, train the backbone's top N blocks too (batch norm stays frozen); 0 = off
     fine_tune_epochs: int = 8
     fine_tune_learning_rate: float = 3e-4  # 1e-3 collapsed MobileNet v1 0.25 to chance on flower_photos
+    # Data-parallel training (petal.distributed): "mirrored" over this machine's GPUs (or logical devices),
+    # "multi-worker" over `workers` Ray Train workers. Each replica takes batch_size images per step.
+    strategy: str = "single"
+    workers: int = 1
+    lr_scaling: str = "linear"  # "linear": peak learning rate x replicas (Goyal et al., 2017); "none": as given
     preprocessing: str | None = None  # recorded from the model registry: what the model does to its 0..255 input
     resize_method: str = field(default=RESIZE_METHOD, init=False)  # recorded, not chosen: see petal.image
 
@@ -85,7 +91,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         for name, valid in (("class_weight", ("none", "auto")), ("optimizer", OPTIMIZERS), ("augmentation", tuple(AUGMENTATIONS)),
-                            ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS)):
+                            ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS), ("strategy", STRATEGIES),
+                            ("lr_scaling", ("linear", "none"))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}. Received: {name}={getattr(self, name)!r}")
         if self.learning_rate <= 0:
@@ -98,12 +105,18 @@ class TrainConfig:
             raise ConfigError(f"label smoothing must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
         if self.mixup < 0 or self.cutmix < 0 or self.early_stopping < 0:
             raise ConfigError("mixup, cutmix and early_stopping must not be negative")
+        if self.workers < 1 or (self.workers > 1 and self.strategy != "multi-worker"):
+            raise ConfigError(f"more than one worker needs strategy 'multi-worker'. Received: workers={self.workers}, strategy={self.strategy!r}")
         if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
             raise ConfigError(
                 "fine-tuning needs blocks >= 0, epochs >= 1 and a positive learning rate. Received: "
                 f"fine_tune_blocks={self.fine_tune_blocks}, fine_tune_epochs={self.fine_tune_epochs}, "
                 f"fine_tune_learning_rate={self.fine_tune_learning_rate}"
             )
+
+    def learning_rate_for(self, base: float, replicas: int) -> float:
+        """The peak rate `base` under `lr_scaling` for a global batch of batch_size x replicas."""
+        return base * replicas if self.lr_scaling == "linear" else base
 
     @property
     def total_epochs(self) -> int:

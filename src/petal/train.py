@@ -75,9 +75,11 @@ def prepare_data(config: TrainConfig, split: Split, progress=None) -> PreparedDa
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, verbose: int = 2, progress=None) -> TrainResult:
-    entry = get_model_entry(config.model)
-    if not entry.pretrained and (config.weights or config.fine_tune_blocks):
-        raise ConfigError(f"{config.model} trains from scratch: --weights and --fine-tune-blocks are for pretrained backbones")
+    """Train in this process: on one device, or with config.strategy "mirrored" on every local GPU (or
+    logical device). Multi-worker training goes through petal.distributed.train_on_ray."""
+    if config.strategy == "multi-worker":
+        raise ConfigError("strategy 'multi-worker' runs on Ray: petal.distributed.train_on_ray (petal train --workers N)")
+    entry = check_model_settings(config)
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
     timings: dict[str, float] = {}
@@ -87,11 +89,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     keras.utils.set_random_seed(config.training_seed + start_epoch)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    with _dtype_policy(resolve_precision(config.precision)):
+    strategy = local_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    with _dtype_policy(resolve_precision(config.precision)), strategy.scope():
         # Built before anything is written: pretrained weights that cannot be had stop the run here.
         spec = None if start_epoch else create_model(config.model, num_classes, config.image_size, config.weights or "imagenet")
         if not resume:
-            _write_run_start(run, config, split)
+            write_run_start(run, config, split)
+        write_parallelism(run, config, config.strategy, replicas)
         with _timed(timings, "decode"):
             data = prepare_data(config, split, progress=progress)
         if data.skipped:
@@ -103,39 +108,86 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         augment = build_augmentation(config.augmentation, config.image_size, config.mixup, config.cutmix)
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
-        recorder = _RunRecorder(run, config.early_stopping)
+        recorder = RunRecorder(run, config.early_stopping)
         if start_epoch:
             model = keras.saving.load_model(run.checkpoint_dir / recorder.state()["model"])
             log.info("resuming %s after epoch %d of %d", run.path, start_epoch, config.total_epochs)
-        elif entry.pretrained:
-            model = spec.classifier
         else:
             model = spec.classifier
-            model.compile(optimizer=make_optimizer(config, config.learning_rate, config.epochs, len(data.train)),
-                          loss=_loss(config), metrics=["accuracy"])
+            if not entry.pretrained:
+                compile_for_training(model, config, len(data.train), replicas)
         if entry.pretrained:
             if start_epoch < config.epochs:
-                _train_head(run, config, spec, data, recorder, timings, verbose)
+                _train_head(run, config, spec, data, recorder, timings, replicas, verbose)
             if config.fine_tune_blocks:
                 if start_epoch <= config.epochs:  # the head is trained; fine-tuning starts now
                     trainable = unfreeze_top_blocks(model, entry.block_pattern, config.fine_tune_blocks)
                     log.info("fine-tuning the top %d blocks (%d trainable weights)", config.fine_tune_blocks, trainable)
-                    model.compile(
-                        optimizer=make_optimizer(config, config.fine_tune_learning_rate, config.fine_tune_epochs, len(data.train),
-                                                 warmup_epochs=0),
-                        loss=_loss(config), metrics=["accuracy"],
-                    )
+                    compile_for_training(model, config, len(data.train), replicas, fine_tuning=True)
                 with _timed(timings, "fine_tune"):
-                    _fit(model, config, data, recorder, max(start_epoch, config.epochs), augment, verbose)
+                    _fit(model, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose)
         else:
             if verbose:
                 model.summary()
             with _timed(timings, "train"):
-                _fit(model, config, data, recorder, start_epoch, augment, verbose)
+                _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose)
         if config.early_stopping:
-            best = recorder.state()
-            log.info("keeping the weights of epoch %d (val accuracy %.4f)", best["best_epoch"], best["best_val_accuracy"])
-            model = keras.saving.load_model(run.checkpoint_dir / "best.keras", compile=False)
+            model = recorder.best_model()
+    return finish(run, config, model, num_classes, timings, data.skipped)
+
+
+def check_model_settings(config: TrainConfig):
+    """The model's registry entry, once settings that only pretrained backbones take are checked."""
+    entry = get_model_entry(config.model)
+    if not entry.pretrained and (config.weights or config.fine_tune_blocks):
+        raise ConfigError(f"{config.model} trains from scratch: --weights and --fine-tune-blocks are for pretrained backbones")
+    return entry
+
+
+def local_strategy(name: str) -> tf.distribute.Strategy:
+    """The default (one device) strategy, or MirroredStrategy over every local GPU, else every logical CPU
+    device (one, unless split with tf.config.set_logical_device_configuration, as tests do)."""
+    if name != "mirrored":
+        return tf.distribute.get_strategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+    log.info("mirrored training on %d devices: %s", strategy.num_replicas_in_sync, ", ".join(d.name for d in devices))
+    return strategy
+
+
+def compile_for_training(model: keras.Model, config: TrainConfig, train_images: int, replicas: int = 1, *,
+                         fine_tuning: bool = False, steps_per_epoch: int | None = None) -> None:
+    """The one definition of loss, optimizer (rate, schedule, scaling rule) and metrics, used by every
+    path: one device, mirrored, multi-worker (whose custom step uses model.loss and model.optimizer)."""
+    if fine_tuning:
+        base, epochs, warmup = config.fine_tune_learning_rate, config.fine_tune_epochs, 0
+    else:
+        base, epochs, warmup = config.learning_rate, config.epochs, config.warmup_epochs
+    steps_per_epoch = steps_per_epoch or -(-train_images // (config.batch_size * replicas))
+    rate = learning_rate(config.lr_schedule, config.learning_rate_for(base, replicas), epochs, warmup, steps_per_epoch)
+    optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay) if config.optimizer == "adamw" else keras.optimizers.Adam(rate)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replicas: int) -> None:
+    """parallel.json: how the run was spread, and what that made of the batch and the learning rate."""
+    atomic.write_json(run / "parallel.json", {
+        "strategy": strategy,
+        "replicas": replicas,
+        "batch_size_per_replica": config.batch_size,
+        "global_batch_size": config.batch_size * replicas,
+        "lr_scaling": config.lr_scaling,
+        "peak_learning_rate": config.learning_rate_for(config.learning_rate, replicas),
+    })
+
+
+def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: dict,
+           skipped: dict[str, str]) -> TrainResult:
+    """What every way of training ends with: model.keras (float32, uncompiled), timings, curves, diagnosis, report."""
     with atomic.atomic_path(run.model_path) as tmp:
         _inference_copy(model, config, num_classes).save(tmp)
     atomic.write_json(run / "timings.json", {k: round(v, 3) for k, v in timings.items()})
@@ -144,15 +196,17 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     diagnosis = diagnose(history)
     atomic.write_json(run / "diagnosis.json", diagnosis)
     build_report(run.path)
-    return TrainResult(run, history, diagnosis, data.skipped)
+    return TrainResult(run, history, diagnosis, skipped)
 
 
-def _fit(model, config: TrainConfig, data: PreparedData, recorder: "_RunRecorder", start_epoch: int, augment, verbose: int):
+def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder", start_epoch: int, augment, replicas: int,
+         verbose: int):
     """Train on images from `start_epoch` up to config.total_epochs, recording every epoch."""
     num_classes = len(data.split.train.class_names)
-    train_ds = make_dataset(data.train, config.batch_size, num_classes, shuffle_seed=config.training_seed,
+    batch_size = config.batch_size * replicas  # Keras splits each batch over the replicas
+    train_ds = make_dataset(data.train, batch_size, num_classes, shuffle_seed=config.training_seed,
                             start_epoch=start_epoch, augment=augment)
-    val_ds = make_dataset(data.validation, config.batch_size, num_classes)
+    val_ds = make_dataset(data.validation, batch_size, num_classes)
     model.fit(
         train_ds,
         validation_data=val_ds,
@@ -165,8 +219,8 @@ def _fit(model, config: TrainConfig, data: PreparedData, recorder: "_RunRecorder
     )
 
 
-def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: PreparedData, recorder: "_RunRecorder",
-                timings: dict, verbose: int) -> None:
+def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: PreparedData, recorder: "RunRecorder",
+                timings: dict, replicas: int, verbose: int) -> None:
     """Stage 1 of a pretrained backbone: the head learns from cached embeddings (the backbone is frozen),
     for config.epochs epochs. Seconds of work, so it is checkpointed once, at its end."""
     num_classes = len(data.split.train.class_names)
@@ -175,12 +229,11 @@ def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: Prep
         train_embeddings = cache.load(data.train, progress=None)
         val_embeddings = cache.load(data.validation, progress=None)
     with _timed(timings, "head"):
-        spec.head.compile(optimizer=make_optimizer(config, config.learning_rate, config.epochs, len(data.train)),
-                          loss=_loss(config), metrics=["accuracy"])
+        compile_for_training(spec.head, config, len(data.train), replicas)
         started = time.perf_counter()
         fitted = spec.head.fit(
-            make_dataset(train_embeddings, config.batch_size, num_classes, shuffle_seed=config.training_seed),
-            validation_data=make_dataset(val_embeddings, config.batch_size, num_classes),
+            make_dataset(train_embeddings, config.batch_size * replicas, num_classes, shuffle_seed=config.training_seed),
+            validation_data=make_dataset(val_embeddings, config.batch_size * replicas, num_classes),
             epochs=config.epochs,
             class_weight=class_weights(data.train.labels, num_classes) if config.class_weight == "auto" else None,
             shuffle=False,
@@ -189,20 +242,6 @@ def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: Prep
     seconds = (time.perf_counter() - started) / config.epochs
     epochs = [{key: values[i] for key, values in fitted.history.items()} for i in range(config.epochs)]
     recorder.record_epochs(spec.classifier, epochs, seconds)
-
-
-def _loss(config: TrainConfig) -> keras.losses.Loss:
-    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-
-
-def make_optimizer(config: TrainConfig, peak_rate: float, epochs: int, train_images: int,
-                   warmup_epochs: int | None = None) -> keras.optimizers.Optimizer:
-    steps_per_epoch = -(-train_images // config.batch_size)
-    warmup = config.warmup_epochs if warmup_epochs is None else warmup_epochs
-    rate = learning_rate(config.lr_schedule, peak_rate, epochs, warmup, steps_per_epoch)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(rate)
 
 
 def learning_rate(schedule: str, peak_rate: float, epochs: int, warmup_epochs: int,
@@ -274,7 +313,7 @@ def _plan(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int
     return make_split(config), 0
 
 
-def _write_run_start(run: RunFolder, config: TrainConfig, split: Split) -> None:
+def write_run_start(run: RunFolder, config: TrainConfig, split: Split) -> None:
     atomic.write_json(run.config_path, config.to_dict())
     atomic.write_text(run.labels_path, "\n".join(split.train.class_names) + "\n")
     write_file_list(run / "split" / "train.csv", split.train)
@@ -287,7 +326,7 @@ def _checkpoint_state(run: RunFolder) -> dict:
     return json.loads((run.checkpoint_dir / "state.json").read_text())
 
 
-class _RunRecorder(keras.callbacks.Callback):
+class RunRecorder(keras.callbacks.Callback):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
 
@@ -300,6 +339,11 @@ class _RunRecorder(keras.callbacks.Callback):
     def state(self) -> dict:
         path = self.run.checkpoint_dir / "state.json"
         return json.loads(path.read_text()) if path.exists() else {"best_epoch": 0, "best_val_accuracy": -1.0}
+
+    def best_model(self) -> keras.Model:
+        best = self.state()
+        log.info("keeping the weights of epoch %d (val accuracy %.4f)", best["best_epoch"], best["best_val_accuracy"])
+        return keras.saving.load_model(self.run.checkpoint_dir / "best.keras", compile=False)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
