@@ -75,7 +75,7 @@ def main():
     print(f"\nmachine: {results['machine']}\n")
     print("| run | final val acc | best val acc | wall time (process) | decode | embeddings | head | fine-tuning | train (scratch) "
           "| peak RSS MB | float32 .tflite MB | int8 .tflite MB | int8 val acc | int8 ms/img (1 thread) | gate |")
-    print("|---|" + "---|" * 15)
+    print("|---|" + "---|" * 14)
     for row in rows:
         history, t, v = row["history"], row["timings"], row["variants"]
         f32, i8 = v.get("float32", {}), v.get("int8", {})

@@ -29,6 +29,7 @@ TRAIN_SETTINGS = (
     "epochs", "batch_size", "val_split", "seed", "split_method", "train_seed", "optimizer", "learning_rate", "weight_decay", "lr_schedule",
     "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "precision", "class_weight",
     "deterministic", "max_pixels", "cache_dir", "weights", "fine_tune_blocks", "fine_tune_epochs", "fine_tune_learning_rate",
+    "strategy", "workers", "lr_scaling",
 )
 
 # Which optional extra brings which module, for the one-line "pip install 'petal[...]'" message.
@@ -182,6 +183,13 @@ def _add_train_options(parser, epochs_default: int | None = None):
     parser.add_argument("--max-pixels", type=int, help=f"images with more pixels are left out (default {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--cache-dir", help="decode and embedding cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
     parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
+    parallel = parser.add_argument_group("data-parallel training (docs/SCALE.md)")
+    parallel.add_argument("--workers", type=int, help="train on N Ray Train workers (MultiWorkerMirroredStrategy); needs petal[scale]")
+    parallel.add_argument("--address", help="the Ray cluster of --workers, e.g. 10.0.0.5:6379 (default: a local one on 127.0.0.1)")
+    parallel.add_argument("--strategy", choices=("single", "mirrored"),
+                          help="mirrored: every local GPU (MirroredStrategy), in this process (default single)")
+    parallel.add_argument("--lr-scaling", choices=("linear", "none"),
+                          help="with N replicas the peak learning rate is multiplied by N ('linear', default) or not")
     pretrained = parser.add_argument_group("pretrained backbones (mobilenet-*, efficientnet*: see `petal models`)")
     pretrained.add_argument("--weights", metavar="FILE",
                             help="backbone weights file (default: Keras's ImageNet file in ~/.keras/models, downloaded when missing)")
@@ -390,12 +398,20 @@ def _train(args, data_dir):
     models = _import("petal.models", "petal train")
     model = args.model or models.DEFAULT_MODEL
     models.get_model_entry(model)
-    settings = {name: getattr(args, name) for name in TRAIN_SETTINGS}
+    settings = {name: getattr(args, name, None) for name in TRAIN_SETTINGS}
     settings["image_size"] = tuple(args.image_size) if args.image_size else None
+    on_ray = bool(getattr(args, "workers", None) or getattr(args, "address", None))
+    if on_ray:
+        settings["strategy"] = "multi-worker"
     config = config_module.TrainConfig.for_model(str(Path(data_dir).resolve()), model, **settings)
     out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in a log
-    result = train.train(config, out, resume=getattr(args, "resume", False), verbose=verbose, progress=_progress_bar())
+    if on_ray:
+        _require(("ray", "psutil"), "petal train --workers")
+        distributed = _import("petal.distributed", "petal train --workers")
+        result = distributed.train_on_ray(config, out, address=args.address, resume=getattr(args, "resume", False))
+    else:
+        verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in a log
+        result = train.train(config, out, resume=getattr(args, "resume", False), verbose=verbose, progress=_progress_bar())
     print(f"Diagnosis: {result.diagnosis['verdict']}")
     return result
 

@@ -17,9 +17,10 @@ from petal.cache import CachedRows
 class EpochOrder:
     """Yields one epoch of index batches per call; `tf.data.Dataset.from_generator` calls it once per epoch."""
 
-    def __init__(self, size: int, batch_size: int, seed: int | None, start_epoch: int = 0):
+    def __init__(self, size: int, batch_size: int, seed: int | None, start_epoch: int = 0, drop_remainder: bool = False):
         self.size = size
         self.batch_size = batch_size
+        self.end = size - size % batch_size if drop_remainder else size
         self.seed = seed  # None: keep the files in order (validation)
         self.epoch = start_epoch
 
@@ -29,7 +30,7 @@ class EpochOrder:
         else:
             order = np.random.RandomState((self.seed + self.epoch) % 2**32).permutation(self.size)
         self.epoch += 1
-        for start in range(0, self.size, self.batch_size):
+        for start in range(0, self.end, self.batch_size):
             yield order[start : start + self.batch_size]
 
 
@@ -41,10 +42,12 @@ def make_dataset(
     shuffle_seed: int | None = None,
     start_epoch: int = 0,
     augment: Augment | None = None,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (float32 rows, one-hot float32 labels): images in 0..255, the model's input contract,
-    or embeddings for a pretrained backbone's head."""
-    order = EpochOrder(len(images), batch_size, shuffle_seed, start_epoch)
+    or embeddings for a pretrained backbone's head. `drop_remainder`: only full batches (mirrored
+    training, whose replicas cannot split a short last batch)."""
+    order = EpochOrder(len(images), batch_size, shuffle_seed, start_epoch, drop_remainder)
     labels = images.labels
 
     def load(positions):
@@ -57,7 +60,8 @@ def make_dataset(
         return tf.cast(batch, tf.float32), tf.one_hot(batch_labels, num_classes)
 
     ds = tf.data.Dataset.from_generator(order, output_signature=tf.TensorSpec([None], tf.int64))
-    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(images) // batch_size)))  # Keras can show steps
+    batches = len(images) // batch_size if drop_remainder else -(-len(images) // batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))  # Keras can show steps
     ds = ds.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -83,7 +83,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
     timings: dict[str, float] = {}
-    split, start_epoch = _plan(run, config, resume)
+    split, start_epoch = plan_run(run, config, resume)
     class_names = split.train.class_names
     num_classes = len(class_names)
     keras.utils.set_random_seed(config.training_seed + start_epoch)
@@ -91,7 +91,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         tf.config.experimental.enable_op_determinism()
     strategy = local_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
-    with _dtype_policy(resolve_precision(config.precision)), strategy.scope():
+    with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         # Built before anything is written: pretrained weights that cannot be had stop the run here.
         spec = None if start_epoch else create_model(config.model, num_classes, config.image_size, config.weights or "imagenet")
         if not resume:
@@ -205,18 +205,45 @@ def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder"
     num_classes = len(data.split.train.class_names)
     batch_size = config.batch_size * replicas  # Keras splits each batch over the replicas
     train_ds = make_dataset(data.train, batch_size, num_classes, shuffle_seed=config.training_seed,
-                            start_epoch=start_epoch, augment=augment)
-    val_ds = make_dataset(data.validation, batch_size, num_classes)
+                            start_epoch=start_epoch, augment=augment, drop_remainder=replicas > 1)
+    if replicas > 1:  # Keras 3 cannot evaluate a short last batch over replicas: validate outside the strategy
+        validation, callbacks = None, [_Validation(data.validation, config.batch_size, num_classes), recorder]
+    else:
+        validation, callbacks = make_dataset(data.validation, batch_size, num_classes), [recorder]
     model.fit(
         train_ds,
-        validation_data=val_ds,
+        validation_data=validation,
         epochs=config.total_epochs,
         initial_epoch=start_epoch,
         class_weight=class_weights(data.train.labels, num_classes) if config.class_weight == "auto" else None,
-        callbacks=[recorder],
+        callbacks=callbacks,
         shuffle=False,  # the dataset shuffles, by (seed, epoch)
         verbose=verbose,
     )
+
+
+def validate(model: keras.Model, images: CachedRows, batch_size: int, num_classes: int) -> dict[str, float]:
+    """val_loss and val_accuracy over every validation image, with the model's compiled loss, one replica."""
+    loss = model.loss
+    total = correct = seen = 0.0
+    for x, y in make_dataset(images, batch_size, num_classes):
+        logits = np.asarray(model(x, training=False), dtype=np.float32)
+        total += float(np.sum(loss.call(y, logits)))
+        correct += float(np.sum(np.argmax(logits, -1) == np.argmax(y, -1)))
+        seen += len(logits)
+    return {"val_loss": total / seen, "val_accuracy": correct / seen}
+
+
+class _Validation(keras.callbacks.Callback):
+    """Adds val_loss and val_accuracy to the epoch's logs, for the callbacks after it (the RunRecorder)."""
+
+    def __init__(self, images: CachedRows, batch_size: int, num_classes: int):
+        super().__init__()
+        self.images, self.batch_size, self.num_classes = images, batch_size, num_classes
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(validate(self.model, self.images, self.batch_size, self.num_classes))
 
 
 def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: PreparedData, recorder: "RunRecorder",
@@ -270,7 +297,7 @@ def _timed(timings: dict, stage: str):
 
 
 @contextlib.contextmanager
-def _dtype_policy(policy: str):
+def dtype_policy(policy: str):
     """Keras's dtype policy is global: set it for this run only."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -294,7 +321,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {c: float(len(labels) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
-def _plan(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int]:
+def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int]:
     """Resume: check the saved config, read the recorded split and the epochs done. Fresh start: check the
     folder is free and make the split. Writes nothing."""
     if resume:

@@ -1,0 +1,70 @@
+"""Data-parallel training: two Ray Train workers, and MirroredStrategy on two logical CPU devices, each
+writing an ordinary run folder that exports and predicts like a single-process one."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import make_folder
+
+PETAL = str(Path(sys.executable).parent / "petal")
+SMALL = ["--model", "tutorial", "--epochs", "1", "--image-size", "32", "32", "--batch-size", "4"]
+
+
+def petal(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([PETAL, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_exports_and_predicts(run: Path, image: Path) -> None:
+    exported = petal("export", run, "--quantize", "float32")
+    assert exported.returncode == 0, exported.stderr
+    predicted = petal("predict", run / "export" / "model-float32.tflite", image)
+    assert predicted.returncode == 0 and "most likely belongs to" in predicted.stdout
+
+
+def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=12)
+    run = tmp_path / "run"
+    done = petal("train", data, *SMALL, "--workers", "2", "--out", run)
+
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/1: accuracy" in done.stdout
+    parallel = json.loads((run / "parallel.json").read_text())
+    assert parallel["strategy"] == "multi-worker" and parallel["replicas"] == 2 and parallel["global_batch_size"] == 8
+    assert parallel["peak_learning_rate"] == 0.002  # the tutorial's 1e-3, scaled linearly
+    assert (run / "history.csv").read_text().count("\n") == 2 and (run / "model.keras").exists()
+    assert not list(Path("/tmp").glob("petal-worker-*"))
+    assert_exports_and_predicts(run, data / "red" / "img_000.jpg")
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=12)
+    run = tmp_path / "run"
+    script = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from petal.config import TrainConfig
+from petal.train import train
+train(TrainConfig({str(data)!r}, "tutorial", epochs=1, batch_size=4, image_size=(32, 32), strategy="mirrored",
+                  cache_dir={str(tmp_path / "cache")!r}), {str(run)!r}, verbose=0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    parallel = json.loads((run / "parallel.json").read_text())
+    assert parallel["strategy"] == "mirrored" and parallel["replicas"] == 2 and parallel["global_batch_size"] == 8
+    assert_exports_and_predicts(run, data / "blue" / "img_000.jpg")
+
+
+def test_an_unreachable_cluster_or_too_many_workers_fail_in_one_line_and_write_nothing(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=4)
+    started = time.time()
+    unreachable = petal("train", data, *SMALL, "--workers", "2", "--address", "127.0.0.1:9", "--out", tmp_path / "a")
+    assert unreachable.returncode == 2 and time.time() - started < 60
+    assert unreachable.stderr.strip().startswith("petal: error: cannot reach the Ray cluster at 127.0.0.1:9")
+    too_many = petal("train", data, *SMALL, "--workers", "64", "--out", tmp_path / "b")
+    assert too_many.returncode == 2 and "--workers 64 is more than the" in too_many.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
