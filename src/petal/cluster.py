@@ -52,15 +52,18 @@ def ray_cluster(address: str | None = None, *, dashboard: bool = False):
         logging.getLogger(name).setLevel(logging.ERROR)
     session = None
     if address:
+        if dashboard:
+            raise ConfigError("--dashboard starts a local cluster's dashboard; a cluster you join has its own (ray start --include-dashboard)")
         _check_reachable(address)
         with _quiet_stdio():
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=dashboard or None)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         session = SESSIONS_ROOT / f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         session.mkdir(parents=True)
         (session / "owner.json").write_text(json.dumps({"pid": os.getpid(), "started": _process_start(os.getpid())}))
         with _quiet_stdio():
             ray.init(
+                address="local",  # always a new cluster: never one found through RAY_ADDRESS or a `ray start`
                 _node_ip_address="127.0.0.1",
                 include_dashboard=dashboard,
                 _temp_dir=str(session),

@@ -5,6 +5,8 @@
     split/train.csv      the files trained on, and split/validation.csv those validated on
     skipped.csv          files left out because they could not be decoded, with the reason
     history.csv          one row per finished epoch
+    timings.json         wall seconds of each stage: decode, embeddings, head, fine_tune, train
+    parallel.json        strategy, replicas, global batch and peak learning rate
     curves.png           training/validation accuracy and loss
     diagnosis.json       the overfitting diagnosis
     samples.png          a 3x3 grid of training images; augmentation.png the augmentation preview
