@@ -255,7 +255,7 @@ def predict_batch(model: str | os.PathLike, source: str, out: str | os.PathLike,
                                        "top_k": top_k, "batch_size": batch_size},
                 batch_size=1,
                 num_cpus=cpus_per_worker,
-                compute=ray.data.ActorPoolStrategy(size=workers),
+                compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),  # no idle actors for a few parts
                 max_restarts=0,  # a lost part is redone by the next run, not by a restarted actor
             )
         bar = progress(None, total=sum(_part_length(record, k) for k in todo)) if progress else None
