@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import make_folder
+from petal.cluster import SESSIONS_ROOT, session_processes
 
 PETAL = str(Path(sys.executable).parent / "petal")
 SMALL = ["--model", "tutorial", "--epochs", "1", "--image-size", "32", "32", "--batch-size", "4"]
@@ -35,7 +38,7 @@ def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder(tmp_path):
     assert parallel["strategy"] == "multi-worker" and parallel["replicas"] == 2 and parallel["global_batch_size"] == 8
     assert parallel["peak_learning_rate"] == 0.002  # the tutorial's 1e-3, scaled linearly
     assert (run / "history.csv").read_text().count("\n") == 2 and (run / "model.keras").exists()
-    assert not list(Path("/tmp").glob("petal-worker-*"))
+    assert not (run / ".ray-train").exists() and json.loads((run / "timings.json").read_text())["train"] > 0
     assert_exports_and_predicts(run, data / "red" / "img_000.jpg")
 
 
@@ -68,3 +71,31 @@ def test_an_unreachable_cluster_or_too_many_workers_fail_in_one_line_and_write_n
     too_many = petal("train", data, *SMALL, "--workers", "64", "--out", tmp_path / "b")
     assert too_many.returncode == 2 and "--workers 64 is more than the" in too_many.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_a_dying_worker_fails_the_run_in_one_line_and_the_run_resumes(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=40)
+    run = tmp_path / "run"
+    command = [PETAL, "train", str(data), "--model", "tutorial", "--epochs", "12", "--image-size", "96", "96",
+               "--batch-size", "4", "--workers", "2", "--out", str(run), "--cache-dir", str(tmp_path / "cache")]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = run / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists():
+        assert child.poll() is None and time.time() < deadline, "training ended before a worker could be killed"
+        time.sleep(0.2)
+    [session] = SESSIONS_ROOT.glob(f"{child.pid}-*")
+    workers = [p for p in session_processes(session) if "RayTrainWorker" in " ".join(p.cmdline())]
+    workers[-1].kill()
+    _, stderr = child.communicate(timeout=300)
+
+    assert child.returncode == 2
+    [error] = [line for line in stderr.splitlines() if line.startswith("petal: error:")]
+    assert error.startswith("petal: error: a training worker failed: rank ") and error.endswith("(continue with --resume)")
+    done_before = json.loads(state.read_text())["epochs_done"]
+    assert 1 <= done_before < 12
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "history.csv").read_text().count("\n") == 13 and (run / "model.keras").exists()

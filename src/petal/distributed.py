@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -48,15 +50,24 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
         if not resume:
             single.write_run_start(run, config, split)
         single.write_parallelism(run, config, "multi-worker", config.workers)
+        timings: dict[str, float] = {}
         if start_epoch >= config.total_epochs:
             log.info("%s: all %d epochs are done", run.path, config.total_epochs)
         else:
-            _fit_on_workers(ray, run, config, start_epoch)
+            with single.timed(timings, "train"):  # the workers' start, decode and epochs
+                _fit_on_workers(ray, run, config, start_epoch)
+    shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
     model = keras.saving.load_model(run.checkpoint_dir / single.RunRecorder(run).state()["model"], compile=False)
     if config.early_stopping:
         model = single.RunRecorder(run).best_model()
     num_classes = len(split.train.class_names)
-    return single.finish(run, config, model, num_classes, {}, skipped={})
+    return single.finish(run, config, model, num_classes, timings, skipped={})
+
+
+def _ray_dir(run: RunFolder) -> Path:
+    path = run.path.resolve() / ".ray-train"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) -> None:
@@ -67,7 +78,7 @@ def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) 
         _worker_loop,
         train_loop_config={"config": config.to_dict(), "run": str(run.path.resolve()), "start_epoch": start_epoch},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(storage_path=str(run.path.resolve() / ".ray-train"), name="train"),
+        run_config=RunConfig(storage_path=str(_ray_dir(run)), name="train"),
     )
     watcher = _HistoryPrinter(run, config.total_epochs)
     watcher.start()
@@ -116,8 +127,8 @@ def _worker_loop(settings: dict) -> None:
     keras.utils.set_random_seed(config.training_seed + start_epoch)  # the same initial weights everywhere
     # Saving reads variables that MultiWorkerMirroredStrategy synchronises with collective operations, so
     # every worker validates and saves, in step: the chief into the run folder, the others into a scratch
-    # folder deleted at the end (the pattern of TensorFlow's multi-worker guide).
-    scratch = None if chief else tempfile.TemporaryDirectory(prefix="petal-worker-")
+    # folder (the pattern of TensorFlow's multi-worker guide), under RUN/.ray-train, which the driver removes.
+    scratch = None if chief else tempfile.TemporaryDirectory(prefix=f"scratch-rank-{rank}-", dir=_ray_dir(run))
     with single.dtype_policy(resolve_precision(config.precision)), strategy.scope():
         resumed_from = single.RunRecorder(run).state()["model"] if start_epoch else None
         recorder = single.RunRecorder(run if chief else RunFolder(scratch.name), config.early_stopping)
@@ -190,6 +201,18 @@ class _HistoryPrinter(threading.Thread):
 
 
 def _cause(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    errors = [line for line in lines if ("Error" in line or "Exception" in line) and not line.startswith("File ")]
-    return (errors[-1] if errors else lines[-1] if lines else type(exc).__name__)[:400]
+    """One line from Ray Train's error: per rank, the first line of its error that is not traceback."""
+    text = str(exc)
+    sections = re.split(r"\[Rank (\d+) Error Snippet\]:", text)
+    if len(sections) > 1:
+        return "; ".join(f"rank {rank}: {_message(body)}" for rank, body in zip(sections[1::2], sections[2::2]))[:500]
+    return _message(text) or type(exc).__name__
+
+
+def _message(text: str) -> str:
+    for line in text.splitlines():
+        stripped = line.strip()
+        if (stripped and not line.startswith((" ", "\t")) and not stripped.startswith(("Traceback", "File ", "^", "..."))
+                and '", line ' not in stripped):
+            return stripped[:240]
+    return ""

@@ -97,7 +97,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         if not resume:
             write_run_start(run, config, split)
         write_parallelism(run, config, config.strategy, replicas)
-        with _timed(timings, "decode"):
+        with timed(timings, "decode"):
             data = prepare_data(config, split, progress=progress)
         if data.skipped:
             _write_skipped(run, data.skipped)
@@ -124,12 +124,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                     trainable = unfreeze_top_blocks(model, entry.block_pattern, config.fine_tune_blocks)
                     log.info("fine-tuning the top %d blocks (%d trainable weights)", config.fine_tune_blocks, trainable)
                     compile_for_training(model, config, len(data.train), replicas, fine_tuning=True)
-                with _timed(timings, "fine_tune"):
+                with timed(timings, "fine_tune"):
                     _fit(model, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose)
         else:
             if verbose:
                 model.summary()
-            with _timed(timings, "train"):
+            with timed(timings, "train"):
                 _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose)
         if config.early_stopping:
             model = recorder.best_model()
@@ -252,10 +252,10 @@ def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: Prep
     for config.epochs epochs. Seconds of work, so it is checkpointed once, at its end."""
     num_classes = len(data.split.train.class_names)
     cache = EmbeddingCache(config.cache_dir or default_cache_root(), config.model, spec.features, decode_cache(config).settings)
-    with _timed(timings, "embeddings"):
+    with timed(timings, "embeddings"):
         train_embeddings = cache.load(data.train, progress=None)
         val_embeddings = cache.load(data.validation, progress=None)
-    with _timed(timings, "head"):
+    with timed(timings, "head"):
         compile_for_training(spec.head, config, len(data.train), replicas)
         started = time.perf_counter()
         fitted = spec.head.fit(
@@ -287,7 +287,7 @@ def learning_rate(schedule: str, peak_rate: float, epochs: int, warmup_epochs: i
 
 
 @contextlib.contextmanager
-def _timed(timings: dict, stage: str):
+def timed(timings: dict, stage: str):
     """Add the wall time of the block to timings[stage] (written to timings.json)."""
     started = time.perf_counter()
     try:
