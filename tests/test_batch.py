@@ -69,6 +69,7 @@ def test_killed_run_resumes_with_every_file_exactly_once_and_equal_to_petal_pred
     if orphans:
         assert f"stopped {len(orphans)} Ray processes left behind by an earlier petal run (pid {first.pid})" in second.stderr
     assert not killed_session.exists()
+    assert not any(SESSIONS_ROOT.iterdir())  # the second run's own cluster is gone too
     assert not [p for p in orphans if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     rows = read_output(out)
     paths = [row["path"] for row in rows]
