@@ -7,6 +7,7 @@
     history.csv          one row per finished epoch
     timings.json         wall seconds of each stage: decode, embeddings, head, fine_tune, train
     parallel.json        strategy, replicas, global batch and peak learning rate
+    .ray-train/          multi-worker training only, while it runs: Ray Train's records, the workers' scratch
     curves.png           training/validation accuracy and loss
     diagnosis.json       the overfitting diagnosis
     samples.png          a 3x3 grid of training images; augmentation.png the augmentation preview
