@@ -57,9 +57,11 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
             with single.timed(timings, "train"):  # the workers' start, decode and epochs
                 _fit_on_workers(ray, run, config, start_epoch)
     shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
-    model = keras.saving.load_model(run.checkpoint_dir / single.RunRecorder(run).state()["model"], compile=False)
+    recorder = single.RunRecorder(run)
     if config.early_stopping:
-        model = single.RunRecorder(run).best_model()
+        model = recorder.best_model()
+    else:
+        model = keras.saving.load_model(run.checkpoint_dir / recorder.state()["model"], compile=False)
     num_classes = len(split.train.class_names)
     return single.finish(run, config, model, num_classes, timings, skipped={})
 
@@ -119,14 +121,14 @@ def _worker_loop(settings: dict) -> None:
     shard = ImageFolder(train_files.root, train_files.class_names, train_files.paths[rank::world], train_files.labels[rank::world])
     cache = single.decode_cache(config)
     images = cache.load(shard)
-    validation = cache.load(run.split("validation"))
+    validation = cache.load(run.split("validation")) if chief else None
     num_classes = len(train_files.class_names)
     steps = max(1, len(train_files) // world // config.batch_size)  # the same for every worker
     global_batch = config.batch_size * world
 
     keras.utils.set_random_seed(config.training_seed + start_epoch)  # the same initial weights everywhere
     # Saving reads variables that MultiWorkerMirroredStrategy synchronises with collective operations, so
-    # every worker validates and saves, in step: the chief into the run folder, the others into a scratch
+    # every worker saves, in step: the chief into the run folder, the others into a scratch
     # folder (the pattern of TensorFlow's multi-worker guide), under RUN/.ray-train, which the driver removes.
     scratch = None if chief else tempfile.TemporaryDirectory(prefix=f"scratch-rank-{rank}-", dir=_ray_dir(run))
     with single.dtype_policy(resolve_precision(config.precision)), strategy.scope():
@@ -167,7 +169,8 @@ def _worker_loop(settings: dict) -> None:
                 step_loss, step_correct, step_seen = train_step(batches)
                 loss_sum, correct, seen = loss_sum + float(step_loss), correct + float(step_correct), seen + float(step_seen)
             logs = {"loss": loss_sum / steps, "accuracy": correct / seen}
-            logs.update(single.validate(model, validation, config.batch_size, num_classes))
+            if chief:  # validation reads variables without collectives: the chief alone does it
+                logs.update(single.validate(model, validation, config.batch_size, num_classes))
             recorder.record_epochs(model, [logs], time.perf_counter() - started, first_epoch=epoch)
             ray.train.report({"epoch": epoch + 1, **logs})
     if scratch is not None:

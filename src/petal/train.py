@@ -215,7 +215,7 @@ def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder"
         validation_data=validation,
         epochs=config.total_epochs,
         initial_epoch=start_epoch,
-        class_weight=class_weights(data.train.labels, num_classes) if config.class_weight == "auto" else None,
+        class_weight=_class_weight(config, data),
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles, by (seed, epoch)
         verbose=verbose,
@@ -262,7 +262,7 @@ def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: Prep
             make_dataset(train_embeddings, config.batch_size * replicas, num_classes, shuffle_seed=config.training_seed),
             validation_data=make_dataset(val_embeddings, config.batch_size * replicas, num_classes),
             epochs=config.epochs,
-            class_weight=class_weights(data.train.labels, num_classes) if config.class_weight == "auto" else None,
+            class_weight=_class_weight(config, data),
             shuffle=False,
             verbose=verbose,
         )
@@ -315,6 +315,13 @@ def _inference_copy(model: keras.Model, config: TrainConfig, num_classes: int) -
     return twin
 
 
+def _class_weight(config: TrainConfig, data: PreparedData) -> dict[int, float] | None:
+    """Keras's class_weight for this run: inverse-frequency weights with --class-weight auto, else none."""
+    if config.class_weight != "auto":
+        return None
+    return class_weights(data.train.labels, len(data.split.train.class_names))
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     """Inverse-frequency weights, 1.0 on average over the images: n / (classes * count)."""
     counts = np.bincount(labels, minlength=num_classes)
@@ -331,8 +338,7 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
             changed = {k: (v, given[k]) for k, v in saved.items() if given[k] != v}
             raise RunFolderError(f"{run.path}: cannot resume with different settings (saved, given): {changed}")
         split = Split(run.split("train"), run.split("validation"), "recorded", config.val_split, config.seed)
-        state = _checkpoint_state(run) if (run.checkpoint_dir / "state.json").exists() else None
-        return split, state["epochs_done"] if state else 0
+        return split, RunRecorder(run).state()["epochs_done"]
     if run.path.exists() and any(run.path.iterdir()):
         raise RunFolderError(
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"
@@ -349,10 +355,6 @@ def write_run_start(run: RunFolder, config: TrainConfig, split: Split) -> None:
         write_file_list(run / "split" / "test.csv", split.test)
 
 
-def _checkpoint_state(run: RunFolder) -> dict:
-    return json.loads((run.checkpoint_dir / "state.json").read_text())
-
-
 class RunRecorder(keras.callbacks.Callback):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
@@ -365,7 +367,7 @@ class RunRecorder(keras.callbacks.Callback):
 
     def state(self) -> dict:
         path = self.run.checkpoint_dir / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {"best_epoch": 0, "best_val_accuracy": -1.0}
+        return json.loads(path.read_text()) if path.exists() else {"epochs_done": 0, "best_epoch": 0, "best_val_accuracy": -1.0}
 
     def best_model(self) -> keras.Model:
         best = self.state()
