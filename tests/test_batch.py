@@ -95,6 +95,16 @@ def test_an_output_folder_of_another_model_or_source_is_refused_unless_overwrite
     assert record["identity"]["model"] == "b" and record["files"] == 63
 
 
+def test_a_folder_that_is_not_a_predict_batch_output_is_never_emptied(tmp_path, model_and_photos):
+    _, photos = model_and_photos
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(RunFolderError, match="is not a predict-batch output"):
+            BatchFolder(tmp_path / "mine").prepare({"model": "a"}, str(photos), part_size=16, overwrite=overwrite)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
 def test_sources_folder_glob_and_manifests_list_the_same_files(tmp_path, model_and_photos):
     _, photos = model_and_photos
     from_folder = list(iter_source(str(photos)))

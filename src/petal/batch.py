@@ -136,8 +136,8 @@ class BatchFolder:
                 )
             record = None
         if record is None and self.path.exists() and any(self.path.iterdir()):
-            if not overwrite and not (self.path / RECORD).exists():
-                raise RunFolderError(f"{self.path}: exists and is not a predict-batch output; choose another --out")
+            if not (self.path / RECORD).exists():  # not ours: never emptied, --overwrite or not
+                raise RunFolderError(f"{self.path}: exists and is not a predict-batch output (no {RECORD}); choose another --out")
             for item in self.path.iterdir():
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
         if record is None or "parts" not in record:
