@@ -226,7 +226,7 @@ def predict_batch(model: str | os.PathLike, source: str, out: str | os.PathLike,
                   overwrite: bool = False, dashboard: bool = False, progress=None) -> BatchResult:
     """Predict every file of `source` into Parquet parts under `out`; see the module docstring.
     `progress(None, total=N)` makes a bar with update(n) and close(), such as tqdm's."""
-    from petal.cluster import check_workers, ray_cluster
+    from petal.cluster import check_workers, ray_cluster, ray_error_line
     from petal.predict import Predictor
 
     if workers < 1 or batch_size < 1 or top_k < 1 or part_size < 1:
@@ -264,7 +264,7 @@ def predict_batch(model: str | os.PathLike, source: str, out: str | os.PathLike,
                 if bar is not None:
                     bar.update(int(row["predicted"]) + int(row["failed"]))
         except Exception as exc:  # a Ray task error: its first line names the cause
-            raise PetalError(f"batch prediction failed: {_first_line(exc)}") from None
+            raise PetalError(f"batch prediction failed: {ray_error_line(exc)}") from None
         finally:
             if bar is not None:
                 bar.close()
@@ -309,9 +309,3 @@ def _sha256(path: Path) -> str:
 def _source_identity(source: str) -> str:
     path = Path(source)
     return os.path.abspath(source) if path.exists() else source
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    causes = [line for line in lines if "Error" in line and not line.startswith("File ")]
-    return (causes[-1] if causes else lines[0] if lines else type(exc).__name__)[:500]

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -187,3 +188,20 @@ def _quiet_stdio():
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
         yield
 
+
+def ray_error_line(exc: Exception) -> str:
+    """One line from an error Ray raised: its first line that is not traceback (per rank, for Ray Train's)."""
+    text = str(exc)
+    sections = re.split(r"\[Rank (\d+) Error Snippet\]:", text)
+    if len(sections) > 1:
+        return "; ".join(f"rank {rank}: {_message(body)}" for rank, body in zip(sections[1::2], sections[2::2]))[:500]
+    return _message(text) or type(exc).__name__
+
+
+def _message(text: str) -> str:
+    for line in text.splitlines():
+        stripped = line.strip()
+        if (stripped and not line.startswith((" ", "\t")) and not stripped.startswith(("Traceback", "File ", "^", "..."))
+                and '", line ' not in stripped):
+            return stripped[:240]
+    return ""

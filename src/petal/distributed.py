@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -76,6 +75,8 @@ def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
+    from petal.cluster import ray_error_line
+
     trainer = TensorflowTrainer(
         _worker_loop,
         train_loop_config={"config": config.to_dict(), "run": str(run.path.resolve()), "start_epoch": start_epoch},
@@ -91,7 +92,7 @@ def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) 
     except PetalError:
         raise
     except Exception as exc:  # a worker's error; the run folder resumes from its last checkpoint
-        raise PetalError(f"a training worker failed: {_cause(exc)} (continue with --resume)") from None
+        raise PetalError(f"a training worker failed: {ray_error_line(exc)} (continue with --resume)") from None
     finally:
         watcher.stop()
 
@@ -201,21 +202,3 @@ class _HistoryPrinter(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(timeout=5)
-
-
-def _cause(exc: Exception) -> str:
-    """One line from Ray Train's error: per rank, the first line of its error that is not traceback."""
-    text = str(exc)
-    sections = re.split(r"\[Rank (\d+) Error Snippet\]:", text)
-    if len(sections) > 1:
-        return "; ".join(f"rank {rank}: {_message(body)}" for rank, body in zip(sections[1::2], sections[2::2]))[:500]
-    return _message(text) or type(exc).__name__
-
-
-def _message(text: str) -> str:
-    for line in text.splitlines():
-        stripped = line.strip()
-        if (stripped and not line.startswith((" ", "\t")) and not stripped.startswith(("Traceback", "File ", "^", "..."))
-                and '", line ' not in stripped):
-            return stripped[:240]
-    return ""
