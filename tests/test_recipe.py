@@ -98,3 +98,39 @@ def test_a_short_run_of_a_recipe_with_warm_up_shortens_the_warm_up_unless_it_was
     assert TrainConfig.for_model("photos", "petal-resnet", epochs=2).warmup_epochs == 1
     with pytest.raises(ConfigError, match="warm-up must be shorter"):
         TrainConfig.for_model("photos", "petal-resnet", epochs=2, warmup_epochs=2)
+
+
+def test_cropping_augmentations_output_the_training_size_whatever_the_image_size():
+    augment = build_augmentation("crop-flip-color", (24, 32))
+    out, _ = augment(tf.random.uniform([4, 48, 48, 3], 0, 255), tf.one_hot([0, 1, 0, 1], 2))
+    assert out.shape == (4, 24, 32, 3)
+
+
+def test_training_on_smaller_crops_validates_and_saves_the_model_at_its_image_size(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=10)
+    config = TrainConfig.for_model(str(data), "petal-resnet", epochs=2, image_size=(40, 40), train_image_size=(32, 32),
+                                   batch_size=8, precision="float32", warmup_epochs=0)
+
+    result = train(config, tmp_path / "run", verbose=0)
+
+    assert len(result.history["val_accuracy"]) == 2
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+    assert tuple(model.input_shape) == (None, 40, 40, 3)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train_image_size"] == [32, 32]
+
+
+def test_a_training_size_of_its_own_needs_random_crops_and_a_model_that_takes_any_size(tmp_path):
+    with pytest.raises(ConfigError, match="random training crops"):
+        TrainConfig("photos", "petal-resnet", image_size=(64, 64), train_image_size=(48, 48), augmentation="tutorial")
+    config = TrainConfig.for_model(str(make_folder(tmp_path / "photos", per_class=2)), "tutorial", image_size=(64, 64),
+                                   train_image_size=(48, 48), augmentation="crop-flip")
+    with pytest.raises(ConfigError, match="takes one input size only"):
+        train(config, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_another_image_size_keeps_the_recipes_ratio_of_training_crop_to_test_size():
+    recipe = get_model_entry("petal-resnet").recipe
+    config = TrainConfig.for_model("photos", "petal-resnet", image_size=(recipe["image_size"][0] * 2, recipe["image_size"][1]))
+    assert config.train_image_size == (recipe["train_image_size"][0] * 2, recipe["train_image_size"][1])
+    assert TrainConfig.for_model("photos", "petal-resnet", image_size=(64, 64), train_image_size=(64, 64)).train_image_size == (64, 64)

@@ -14,20 +14,21 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from petal.config import AUGMENTATIONS
+from petal.config import AUGMENTATIONS, CROPPING_AUGMENTATIONS
 from petal.errors import ConfigError
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 def build_augmentation(policy: str, image_size: tuple[int, int], mixup: float = 0.0, cutmix: float = 0.0) -> Augment | None:
-    """The batch augmentation `policy` (see AUGMENTATIONS), then MixUp (alpha `mixup`) and CutMix (alpha `cutmix`)."""
+    """The batch augmentation `policy` (see AUGMENTATIONS), then MixUp (alpha `mixup`) and CutMix (alpha `cutmix`).
+    Cropping policies output `image_size` whatever their input's size (see TrainConfig.train_image_size)."""
     if policy not in AUGMENTATIONS:
         raise ConfigError(f"unknown augmentation; valid: {', '.join(AUGMENTATIONS)}. Received: augmentation={policy!r}")
     steps: list[Callable[[tf.Tensor], tf.Tensor]] = []
     if policy == "tutorial":
         tutorial = tutorial_layers()
         steps.append(lambda images: tutorial(images, training=True))
-    if policy in ("crop-flip", "crop-flip-color", "randaugment"):
+    if policy in CROPPING_AUGMENTATIONS:
         steps.append(lambda images: random_resized_crop(images, image_size))
         steps.append(random_horizontal_flip)
     if policy == "crop-flip-color":

@@ -163,6 +163,8 @@ def _add_train_options(parser, epochs_default: int | None = None):
     parser.add_argument("--epochs", type=int, default=epochs_default, help="epochs to train" + ("" if epochs_default else recipe))
     parser.add_argument("--batch-size", type=int, help="images per step" + recipe)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="model input size" + recipe)
+    parser.add_argument("--train-image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                        help="size of the random training crops, if smaller than --image-size: faster epochs" + recipe)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, help="adam or adamw" + recipe)
     parser.add_argument("--learning-rate", type=float, help="peak learning rate" + recipe)
     parser.add_argument("--weight-decay", type=float, help="decoupled weight decay, adamw only" + recipe)
@@ -399,7 +401,8 @@ def _train(args, data_dir):
     model = args.model or models.DEFAULT_MODEL
     models.get_model_entry(model)
     settings = {name: getattr(args, name, None) for name in TRAIN_SETTINGS}
-    settings["image_size"] = tuple(args.image_size) if args.image_size else None
+    for name in ("image_size", "train_image_size"):
+        settings[name] = tuple(getattr(args, name)) if getattr(args, name, None) else None
     on_ray = bool(getattr(args, "workers", None) or getattr(args, "address", None))
     if on_ray:
         settings["strategy"] = "multi-worker"

@@ -19,6 +19,7 @@ AUGMENTATIONS = {
     "crop-flip-color": "crop-flip, then brightness, contrast and saturation jitter of up to 30%",
     "randaugment": "crop-flip, then Keras's RandAugment (2 operations of magnitude 0.5)",
 }
+CROPPING_AUGMENTATIONS = ("crop-flip", "crop-flip-color", "randaugment")  # their random crops can take any output size
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -33,7 +34,10 @@ class TrainConfig:
     model: str
     epochs: int = 15
     batch_size: int = 32
-    image_size: tuple[int, int] = (180, 180)
+    image_size: tuple[int, int] = (180, 180)  # the model's input: validation, export and prediction
+    # Training crops, when smaller than image_size: faster epochs, and a model that sees objects at the same
+    # apparent size it will be tested at ("train small, test large", Touvron et al., 2019). None: image_size.
+    train_image_size: tuple[int, int] | None = None
     val_split: float = 0.2
     seed: int = 123  # the split's seed, as image_dataset_from_directory's
     split_method: str = "keras"
@@ -69,7 +73,8 @@ class TrainConfig:
     @classmethod
     def for_model(cls, data_dir: str, model: str, **settings) -> "TrainConfig":
         """The model's recipe (petal.models registry), overridden by every setting that is not None.
-        The recipe's warm-up is shortened to fit a run shorter than it."""
+        The recipe's warm-up is shortened to fit a run shorter than it; its training crops keep their
+        ratio to the image size when only the image size is given."""
         from petal.models import get_model_entry
 
         given = {k: v for k, v in settings.items() if v is not None}
@@ -77,6 +82,10 @@ class TrainConfig:
         values = {**entry.recipe, **given, "preprocessing": entry.preprocessing}
         if "warmup_epochs" not in given:  # a short run of a recipe with warm-up still works: warm up for less
             values["warmup_epochs"] = min(values.get("warmup_epochs", 0), values.get("epochs", cls.epochs) - 1)
+        if "image_size" in given and "train_image_size" not in given and entry.recipe.get("train_image_size"):
+            # another image size keeps the recipe's ratio of training crop to test size
+            ratios = [t / i for t, i in zip(entry.recipe["train_image_size"], entry.recipe["image_size"])]
+            values["train_image_size"] = tuple(max(8, round(r * side)) for r, side in zip(ratios, given["image_size"]))
         return cls(data_dir=data_dir, model=model, **values)
 
     @property
@@ -85,8 +94,12 @@ class TrainConfig:
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)
-        if len(self.image_size) != 2 or min(self.image_size) < 8:
-            raise ConfigError(f"image size must be two numbers (height width), each at least 8. Received: image_size={self.image_size}")
+        if self.train_image_size is not None:
+            self.train_image_size = tuple(int(v) for v in self.train_image_size)
+        for name in ("image_size", "train_image_size"):
+            size = getattr(self, name)
+            if size is not None and (len(size) != 2 or min(size) < 8):
+                raise ConfigError(f"{name.replace('_', ' ')} must be two numbers (height width), each at least 8. Received: {name}={size}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
@@ -95,6 +108,9 @@ class TrainConfig:
                             ("lr_scaling", ("linear", "none"))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}. Received: {name}={getattr(self, name)!r}")
+        if self.training_image_size != self.image_size and self.augmentation not in CROPPING_AUGMENTATIONS:
+            raise ConfigError(f"train image size is the size of random training crops: it needs augmentation "
+                              f"{', '.join(CROPPING_AUGMENTATIONS)}. Received: augmentation={self.augmentation!r}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning rate must be positive. Received: learning_rate={self.learning_rate}")
         if self.weight_decay < 0 or (self.weight_decay and self.optimizer != "adamw"):
@@ -117,6 +133,10 @@ class TrainConfig:
     def learning_rate_for(self, base: float, replicas: int) -> float:
         """The peak rate `base` under `lr_scaling` for a global batch of batch_size x replicas."""
         return base * replicas if self.lr_scaling == "linear" else base
+
+    @property
+    def training_image_size(self) -> tuple[int, int]:
+        return self.train_image_size or self.image_size
 
     @property
     def total_epochs(self) -> int:

@@ -106,7 +106,6 @@ def _worker_loop(settings: dict) -> None:
     from petal import train as single
     from petal.augment import build_augmentation
     from petal.data import ImageFolder
-    from petal.models import create_model
     from petal.pipeline import make_dataset
     from petal.precision import resolve_precision
 
@@ -138,11 +137,11 @@ def _worker_loop(settings: dict) -> None:
         if start_epoch:
             model = keras.saving.load_model(run.checkpoint_dir / resumed_from)
         else:
-            model = create_model(config.model, num_classes, config.image_size).classifier
+            model = single.build_classifier(config, num_classes).classifier
             single.compile_for_training(model, config, len(train_files), world, steps_per_epoch=steps)
         optimizer, loss = model.optimizer, model.loss
 
-        augment = build_augmentation(config.augmentation, config.image_size, config.mixup, config.cutmix)
+        augment = build_augmentation(config.augmentation, config.training_image_size, config.mixup, config.cutmix)
         own = make_dataset(images, config.batch_size, num_classes, shuffle_seed=config.training_seed + 7919 * rank,
                            start_epoch=start_epoch, augment=augment).repeat()
         batches = iter(strategy.distribute_datasets_from_function(lambda _: own))

@@ -93,7 +93,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     replicas = strategy.num_replicas_in_sync
     with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         # Built before anything is written: pretrained weights that cannot be had stop the run here.
-        spec = None if start_epoch else create_model(config.model, num_classes, config.image_size, config.weights or "imagenet")
+        spec = None if start_epoch else build_classifier(config, num_classes)
         if not resume:
             write_run_start(run, config, split)
         write_parallelism(run, config, config.strategy, replicas)
@@ -105,7 +105,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
             log.warning("left out %d files that could not be decoded: %s (see %s)", len(data.skipped), shown, run / "skipped.csv")
         if not len(data.train) or not len(data.validation):
             raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
-        augment = build_augmentation(config.augmentation, config.image_size, config.mixup, config.cutmix)
+        augment = build_augmentation(config.augmentation, config.training_image_size, config.mixup, config.cutmix)
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
         recorder = RunRecorder(run, config.early_stopping)
@@ -141,7 +141,17 @@ def check_model_settings(config: TrainConfig):
     entry = get_model_entry(config.model)
     if not entry.pretrained and (config.weights or config.fine_tune_blocks):
         raise ConfigError(f"{config.model} trains from scratch: --weights and --fine-tune-blocks are for pretrained backbones")
+    if config.training_image_size != config.image_size and not entry.any_input_size:
+        raise ConfigError(f"{config.model} takes one input size only: train image size must be its image size "
+                          f"{config.image_size}. Received: train_image_size={config.training_image_size}")
     return entry
+
+
+def build_classifier(config: TrainConfig, num_classes: int) -> ModelSpec:
+    """The model to train: built for any input size when it trains at a size other than the one it is
+    validated at. model.keras is always rebuilt at image_size (see _inference_copy)."""
+    size = config.image_size if config.training_image_size == config.image_size else (None, None)
+    return create_model(config.model, num_classes, size, config.weights or "imagenet")
 
 
 def local_strategy(name: str) -> tf.distribute.Strategy:

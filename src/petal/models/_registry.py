@@ -35,6 +35,7 @@ class ModelEntry:
     recipe: dict = field(default_factory=dict)  # TrainConfig values this model trains with unless told otherwise
     preprocessing: str = "x / 255, inside the model"  # what the model does to its 0..255 input; recorded in config.json
     block_pattern: str | None = None  # pretrained backbones: regex whose group 'block' names a fine-tunable block
+    any_input_size: bool = False  # global pooling, no Flatten: can train at one size and be tested at another
 
     @property
     def pretrained(self) -> bool:

@@ -21,7 +21,8 @@ BN_MOMENTUM = 0.9
 # The training recipe this architecture was measured with; TrainConfig fields it overrides.
 RECIPE = {
     "image_size": (144, 144),
-    "epochs": 80,
+    "train_image_size": (112, 112),
+    "epochs": 120,
     "batch_size": 32,
     "optimizer": "adamw",
     "learning_rate": 0.002,
@@ -53,6 +54,7 @@ def _basic_block(x, filters: int, stride: int, name: str):
     "petal-resnet",
     "Small ResNet for CPUs: 4 residual stages (32-128 wide), batch norm, global pooling; ~0.5 M params, <2 MB .tflite",
     recipe=RECIPE,
+    any_input_size=True,
 )
 def petal_resnet(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
     inputs = keras.Input(shape=(*image_size, 3), name="image")
