@@ -35,17 +35,17 @@ def main():
 
     from petal.augment import build_augmentation
     from petal.config import TrainConfig
-    from petal.models import DEFAULT_MODEL, create_model
+    from petal.models import DEFAULT_MODEL
     from petal.pipeline import make_dataset
     from petal.precision import KERAS_POLICY
-    from petal.train import compile_for_training, decode_cache, make_split
+    from petal.train import build_classifier, compile_for_training, decode_cache, make_split
 
     base = TrainConfig.for_model(args.data, DEFAULT_MODEL, cache_dir=args.cache_dir)
     images = decode_cache(base).load(make_split(base).train)
-    augment = build_augmentation(base.augmentation, base.image_size, base.mixup, base.cutmix)
+    augment = build_augmentation(base.augmentation, base.training_image_size, base.mixup, base.cutmix)
     print(f"machine: {machine()}; TensorFlow {tf.__version__}, inter/intra-op threads "
           f"{tf.config.threading.get_inter_op_parallelism_threads()}/{tf.config.threading.get_intra_op_parallelism_threads()} (0 = all cores)")
-    print(f"{DEFAULT_MODEL} at {base.image_size[0]}x{base.image_size[1]}, augmentation {base.augmentation}, {len(images)} training images\n")
+    print(f"{DEFAULT_MODEL} training on {base.training_image_size[0]}x{base.training_image_size[1]} crops, augmentation {base.augmentation}, {len(images)} training images\n")
     print("| precision | batch | pipeline img/s | step img/s | fit img/s | fit / step |")
     print("|---|---|---|---|---|---|")
     for precision in args.precisions:
@@ -58,7 +58,7 @@ def main():
             pipeline = len(images) / (time.perf_counter() - started)
 
             keras.config.set_dtype_policy(KERAS_POLICY[precision])
-            model = create_model(DEFAULT_MODEL, 5, config.image_size).classifier
+            model = build_classifier(config, 5).classifier
             compile_for_training(model, config, len(images))
             x, y = next(iter(dataset))
             for _ in range(2):

@@ -59,8 +59,12 @@ def _summary(run: RunFolder, config: dict) -> str:
         accuracy = history["val_accuracy"]
         result = (f"validation accuracy <b>{accuracy[-1]:.4f}</b> after {len(accuracy)} of {config['epochs']} epochs "
                   f"(best {max(accuracy):.4f})")
+    size = "x".join(map(str, config["image_size"]))
+    trained_at = config.get("train_image_size")
+    if trained_at and list(trained_at) != list(config["image_size"]):
+        size += f" (trained on {'x'.join(map(str, trained_at))} crops)"
     return (f"<p class=summary>Model <b>{_e(config['model'])}</b> on <code>{_e(config['data_dir'])}</code>, "
-            f"{config['image_size'][0]}x{config['image_size'][1]} pixels: {result}.</p>")
+            f"{size} pixels: {result}.</p>")
 
 
 def _config_section(config: dict) -> str:
