@@ -35,6 +35,7 @@ VARIANTS = {
     "restarts-6": {"_restart_epochs": 6},
     "batch-16": {"batch_size": 16},
     "lr-4e-3": {"learning_rate": 0.004},
+    "no-warm-up": {"warmup_epochs": 0},
 }
 
 
