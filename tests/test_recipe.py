@@ -13,7 +13,7 @@ from petal.augment import build_augmentation
 from petal.config import AUGMENTATIONS, TrainConfig
 from petal.errors import ConfigError
 from petal.models import get_model_entry
-from petal.train import learning_rate, train
+from petal.train import RunRecorder, learning_rate, train
 
 
 def test_a_models_recipe_fills_the_config_and_the_users_settings_win():
@@ -106,12 +106,21 @@ def test_cropping_augmentations_output_the_training_size_whatever_the_image_size
     assert out.shape == (4, 24, 32, 3)
 
 
-def test_training_on_smaller_crops_validates_and_saves_the_model_at_its_image_size(tmp_path):
+def test_training_on_smaller_crops_resumes_and_saves_the_model_at_its_image_size(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "photos", per_class=10)
     config = TrainConfig.for_model(str(data), "petal-resnet", epochs=2, image_size=(40, 40), train_image_size=(32, 32),
                                    batch_size=8, precision="float32", warmup_epochs=0)
+    record = RunRecorder.on_epoch_end
 
-    result = train(config, tmp_path / "run", verbose=0)
+    def killed_after_recording(self, epoch, logs=None):
+        record(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunRecorder, "on_epoch_end", killed_after_recording)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", verbose=0)
+    monkeypatch.undo()
+    result = train(config, tmp_path / "run", resume=True, verbose=0)  # from a checkpoint built for any input size
 
     assert len(result.history["val_accuracy"]) == 2
     model = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
