@@ -13,7 +13,7 @@ from petal.augment import build_augmentation
 from petal.config import AUGMENTATIONS, TrainConfig
 from petal.errors import ConfigError
 from petal.models import get_model_entry
-from petal.train import RunRecorder, learning_rate, train
+from petal.train import RunRecorder, dtype_policy, learning_rate, train
 
 
 def test_a_models_recipe_fills_the_config_and_the_users_settings_win():
@@ -143,3 +143,11 @@ def test_another_image_size_keeps_the_recipes_ratio_of_training_crop_to_test_siz
     config = TrainConfig.for_model("photos", "petal-resnet", image_size=(recipe["image_size"][0] * 2, recipe["image_size"][1]))
     assert config.train_image_size == (recipe["train_image_size"][0] * 2, recipe["train_image_size"][1])
     assert TrainConfig.for_model("photos", "petal-resnet", image_size=(64, 64), train_image_size=(64, 64)).train_image_size == (64, 64)
+
+
+@pytest.mark.parametrize("policy", ["tutorial", "randaugment"])
+def test_augmentation_stays_float32_under_a_mixed_precision_run(policy):
+    with dtype_policy("mixed_bfloat16"):
+        augment = build_augmentation(policy, (32, 32), mixup=0.2, cutmix=1.0)
+        images, labels = augment(tf.random.uniform([4, 32, 32, 3], 0, 255), tf.one_hot([0, 1, 0, 1], 2))
+    assert images.dtype == tf.float32 and labels.dtype == tf.float32

@@ -18,6 +18,9 @@ from petal.config import AUGMENTATIONS, CROPPING_AUGMENTATIONS
 from petal.errors import ConfigError
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# The pipeline is float32 whatever the run's mixed-precision policy: Keras layers built under mixed_bfloat16
+# would otherwise cast images and labels to bfloat16 and MixUp's float32 weights would not multiply them.
+PIPELINE_DTYPE = "float32"
 
 def build_augmentation(policy: str, image_size: tuple[int, int], mixup: float = 0.0, cutmix: float = 0.0) -> Augment | None:
     """The batch augmentation `policy` (see AUGMENTATIONS), then MixUp (alpha `mixup`) and CutMix (alpha `cutmix`).
@@ -34,13 +37,13 @@ def build_augmentation(policy: str, image_size: tuple[int, int], mixup: float = 
     if policy == "crop-flip-color":
         steps.append(color_jitter)
     if policy == "randaugment":
-        randaugment = layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5)
+        randaugment = layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, dtype=PIPELINE_DTYPE)
         steps.append(lambda images: randaugment(images, training=True))
     mixers = []
     if mixup > 0:
-        mixers.append(layers.MixUp(alpha=mixup))
+        mixers.append(layers.MixUp(alpha=mixup, dtype=PIPELINE_DTYPE))
     if cutmix > 0:
-        mixers.append(layers.CutMix(factor=cutmix))
+        mixers.append(layers.CutMix(factor=cutmix, dtype=PIPELINE_DTYPE))
     if not steps and not mixers:
         return None
 
@@ -56,7 +59,8 @@ def build_augmentation(policy: str, image_size: tuple[int, int], mixup: float = 
 
 
 def tutorial_layers() -> keras.Sequential:
-    return keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1), layers.RandomZoom(0.1)], name="augmentation")
+    return keras.Sequential([layers.RandomFlip("horizontal", dtype=PIPELINE_DTYPE), layers.RandomRotation(0.1, dtype=PIPELINE_DTYPE),
+                             layers.RandomZoom(0.1, dtype=PIPELINE_DTYPE)], name="augmentation")
 
 
 def random_resized_crop(images: tf.Tensor, size: tuple[int, int], area=(0.25, 1.0), aspect=(3 / 4, 4 / 3)) -> tf.Tensor:
