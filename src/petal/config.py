@@ -108,7 +108,7 @@ class TrainConfig:
                             ("lr_scaling", ("linear", "none"))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}. Received: {name}={getattr(self, name)!r}")
-        if self.training_image_size != self.image_size and self.augmentation not in CROPPING_AUGMENTATIONS:
+        if self.trains_at_another_size and self.augmentation not in CROPPING_AUGMENTATIONS:
             raise ConfigError(f"train image size is the size of random training crops: it needs augmentation "
                               f"{', '.join(CROPPING_AUGMENTATIONS)}. Received: augmentation={self.augmentation!r}")
         if self.learning_rate <= 0:
@@ -137,6 +137,11 @@ class TrainConfig:
     @property
     def training_image_size(self) -> tuple[int, int]:
         return self.train_image_size or self.image_size
+
+    @property
+    def trains_at_another_size(self) -> bool:
+        """Training crops differ from the model's input size: the model must take any size while it trains."""
+        return self.training_image_size != self.image_size
 
     @property
     def total_epochs(self) -> int:

@@ -141,7 +141,7 @@ def check_model_settings(config: TrainConfig):
     entry = get_model_entry(config.model)
     if not entry.pretrained and (config.weights or config.fine_tune_blocks):
         raise ConfigError(f"{config.model} trains from scratch: --weights and --fine-tune-blocks are for pretrained backbones")
-    if config.training_image_size != config.image_size and not entry.any_input_size:
+    if config.trains_at_another_size and not entry.any_input_size:
         raise ConfigError(f"{config.model} takes one input size only: train image size must be its image size "
                           f"{config.image_size}. Received: train_image_size={config.training_image_size}")
     return entry
@@ -150,7 +150,7 @@ def check_model_settings(config: TrainConfig):
 def build_classifier(config: TrainConfig, num_classes: int) -> ModelSpec:
     """The model to train: built for any input size when it trains at a size other than the one it is
     validated at. model.keras is always rebuilt at image_size (see _inference_copy)."""
-    size = config.image_size if config.training_image_size == config.image_size else (None, None)
+    size = (None, None) if config.trains_at_another_size else config.image_size
     return create_model(config.model, num_classes, size, config.weights or "imagenet")
 
 
