@@ -7,7 +7,7 @@ Each variant trains the default model on the tutorial's split (seed 123) for the
 recipe's own schedule (the learning rate follows the full run, as it would in `petal train`), in its own process,
 one after the other. Prints, per variant: seconds per epoch (median), validation accuracy after each epoch, and
 the first epoch (and seconds since the start of `fit`, tracing included) at which it reached --target.
-Variants that petal does not offer (EMA, XLA, warm restarts) are built here, to measure them before adding them.
+Variants that petal does not offer (EMA, XLA, warm restarts, the previous stem) are built here, to measure them before adding them.
 """
 
 import argparse
@@ -36,6 +36,7 @@ VARIANTS = {
     "batch-16": {"batch_size": 16},
     "lr-4e-3": {"learning_rate": 0.004},
     "no-warm-up": {"warmup_epochs": 0},
+    "3x3-stem": {"_stem": ((3, 2), (2, 2, 2, 2))},  # petal-resnet before its 4x4 patch stem
 }
 
 
@@ -56,6 +57,9 @@ def run_variant(name: str, data: str, cache_dir: str, epochs: int) -> None:
     config = TrainConfig.for_model(data, DEFAULT_MODEL, cache_dir=cache_dir, **settings)
     keras.utils.set_random_seed(config.training_seed)
     data_ = prepare_data(config, make_split(config))
+    if "_stem" in knobs:
+        import petal.models.resnet
+        petal.models.resnet.STEM, petal.models.resnet.STRIDES = knobs["_stem"]
     if "_crop_area_min" in knobs:
         crop = petal.augment.random_resized_crop
         petal.augment.random_resized_crop = lambda images, size: crop(images, size, area=(knobs["_crop_area_min"], 1.0))

@@ -27,7 +27,8 @@ log = logging.getLogger("petal")
 # TrainConfig fields set by `petal train` flags of the same name; a flag not given leaves the model's recipe.
 TRAIN_SETTINGS = (
     "epochs", "batch_size", "val_split", "seed", "split_method", "train_seed", "optimizer", "learning_rate", "weight_decay", "lr_schedule",
-    "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "precision", "class_weight",
+    "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "test_time_flip", "precision",
+    "class_weight",
     "deterministic", "max_pixels", "cache_dir", "weights", "fine_tune_blocks", "fine_tune_epochs", "fine_tune_learning_rate",
     "strategy", "workers", "lr_scaling",
 )
@@ -176,6 +177,9 @@ def _add_train_options(parser, epochs_default: int | None = None):
     parser.add_argument("--cutmix", type=float, help="CutMix alpha, 0 = off" + recipe)
     parser.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                         help="stop after PATIENCE epochs without a better val accuracy and keep the best weights; 0 = off")
+    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction,
+                        help="the saved model averages its predictions over each image and its mirror image "
+                             "(twice the inference time)" + recipe)
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="auto: bfloat16 on CPUs with AMX/AVX-512 BF16, float16 on GPUs, else float32" + recipe)
     parser.add_argument("--class-weight", choices=("none", "auto"),

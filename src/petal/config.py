@@ -52,6 +52,7 @@ class TrainConfig:
     mixup: float = 0.0  # MixUp alpha; 0 = off
     cutmix: float = 0.0  # CutMix alpha; 0 = off
     early_stopping: int = 0  # stop after this many epochs without a better val accuracy, keep the best; 0 = off
+    test_time_flip: bool = False  # the saved model averages its logits over each image and its mirror image
     precision: str = "float32"  # "auto": bfloat16 where the CPU computes it natively, float16 on a GPU
     class_weight: str = "none"  # "auto": weight the loss by inverse class frequency
     deterministic: bool = False  # same seed and data -> the same history, at some cost in speed

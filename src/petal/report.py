@@ -57,8 +57,9 @@ def _summary(run: RunFolder, config: dict) -> str:
     result = "not trained yet"
     if history.get("val_accuracy"):
         accuracy = history["val_accuracy"]
+        mirrored = ", each image averaged with its mirror image" if config.get("test_time_flip") else ""
         result = (f"validation accuracy <b>{accuracy[-1]:.4f}</b> after {len(accuracy)} of {config['epochs']} epochs "
-                  f"(best {max(accuracy):.4f})")
+                  f"(best {max(accuracy):.4f}){mirrored}")
     size = "x".join(map(str, config["image_size"]))
     trained_at = config.get("train_image_size")
     if trained_at and list(trained_at) != list(config["image_size"]):

@@ -76,4 +76,6 @@ class RunFolder:
         self.require("model.keras")
         import keras
 
+        import petal.models  # noqa: F401  (registers petal's own Keras layers, which model.keras may hold)
+
         return keras.saving.load_model(self.model_path, compile=False)

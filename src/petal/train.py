@@ -32,6 +32,7 @@ from petal.embeddings import EmbeddingCache
 from petal.errors import ConfigError, RunFolderError
 from petal.models import ModelSpec, create_model, get_model_entry
 from petal.models.backbones import unfreeze_top_blocks
+from petal.models.test_time_flip import with_test_time_flip
 from petal.pipeline import make_dataset
 from petal.plots import save_curves, save_image_grid
 from petal.precision import resolve_precision
@@ -141,6 +142,8 @@ def check_model_settings(config: TrainConfig):
     entry = get_model_entry(config.model)
     if not entry.pretrained and (config.weights or config.fine_tune_blocks):
         raise ConfigError(f"{config.model} trains from scratch: --weights and --fine-tune-blocks are for pretrained backbones")
+    if entry.pretrained and config.test_time_flip:  # its head trains and validates on cached embeddings, not images
+        raise ConfigError(f"{config.model} is a pretrained backbone: --test-time-flip is for models trained from scratch")
     if config.trains_at_another_size and not entry.any_input_size:
         raise ConfigError(f"{config.model} takes one input size only: train image size must be its image size "
                           f"{config.image_size}. Received: train_image_size={config.training_image_size}")
@@ -151,7 +154,13 @@ def build_classifier(config: TrainConfig, num_classes: int) -> ModelSpec:
     """The model to train: built for any input size when it trains at a size other than the one it is
     validated at. model.keras is always rebuilt at image_size (see _inference_copy)."""
     size = (None, None) if config.trains_at_another_size else config.image_size
-    return create_model(config.model, num_classes, size, config.weights or "imagenet")
+    return _with_inference_settings(create_model(config.model, num_classes, size, config.weights or "imagenet"), config)
+
+
+def _with_inference_settings(spec: ModelSpec, config: TrainConfig) -> ModelSpec:
+    if config.test_time_flip:
+        return dataclasses.replace(spec, classifier=with_test_time_flip(spec.classifier))
+    return spec
 
 
 def local_strategy(name: str) -> tf.distribute.Strategy:
@@ -320,7 +329,7 @@ def dtype_policy(policy: str):
 def _inference_copy(model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
     """The same architecture built in float32 and not compiled, holding the trained (float32) weights:
     what model.keras keeps. No optimizer state (a third of the tutorial's 48 MB), no 16-bit layers."""
-    twin = create_model(config.model, num_classes, config.image_size, weights=None).classifier
+    twin = _with_inference_settings(create_model(config.model, num_classes, config.image_size, weights=None), config).classifier
     twin.set_weights(model.get_weights())
     return twin
 

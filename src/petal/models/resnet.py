@@ -2,10 +2,12 @@
 
 Measured, not assumed (docs/BENCHMARKS.md): plain 3x3 convolutions train several times faster per
 image on a 2-core CPU than depthwise ones of fewer FLOPs, so the blocks are ResNet basic blocks.
-Every stage halves the resolution right away, so no convolution runs at full input size after the
-stem; batch norm everywhere (momentum 0.9, because small data sets give few steps per epoch) and
-global average pooling instead of the tutorial's 4-million-weight dense layer keep it at about half
-a million parameters: a float32 `.tflite` under 2 MB.
+The stem is a 4x4 convolution of stride 4 (a patch embedding, as in ConvNeXt), so nothing runs at
+half the input resolution: epochs about 1.35x faster than with a 3x3 stride-2 stem, at the same
+accuracy per epoch. The last three stages halve the resolution again. Batch norm everywhere
+(momentum 0.9, because small data sets give few steps per epoch) and global average pooling instead
+of the tutorial's 4-million-weight dense layer keep it at about half a million parameters: a float32
+`.tflite` under 2 MB.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from keras import layers
 from petal.models._registry import ModelSpec, register_model
 
 WIDTHS = (32, 64, 96, 128)
+STEM = (4, 4)  # kernel, stride: a patch embedding
+STRIDES = (1, 2, 2, 2)  # after the stem's 4: the last feature map is 1/32 of the input, as in ResNet
 BN_MOMENTUM = 0.9
 
 # The training recipe this architecture was measured with; TrainConfig fields it overrides.
@@ -32,6 +36,7 @@ RECIPE = {
     "label_smoothing": 0.1,
     "augmentation": "crop-flip-color",
     "precision": "auto",
+    "test_time_flip": True,
 }
 
 
@@ -52,16 +57,16 @@ def _basic_block(x, filters: int, stride: int, name: str):
 
 @register_model(
     "petal-resnet",
-    "Small ResNet for CPUs: 4 residual stages (32-128 wide), batch norm, global pooling; ~0.5 M params, <2 MB .tflite",
+    "Small ResNet for CPUs: 4x4 patch stem, 4 residual stages (32-128 wide), batch norm, global pooling; ~0.5 M params, <2 MB .tflite",
     recipe=RECIPE,
     any_input_size=True,
 )
 def petal_resnet(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
-    x = _conv_bn(x, WIDTHS[0], 3, 2, "stem")
-    for stage, width in enumerate(WIDTHS, start=1):
-        x = _basic_block(x, width, 2, f"stage{stage}")
+    x = _conv_bn(x, WIDTHS[0], *STEM, "stem")
+    for stage, (width, stride) in enumerate(zip(WIDTHS, STRIDES), start=1):
+        x = _basic_block(x, width, stride, f"stage{stage}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 logits under mixed precision
     return ModelSpec(keras.Model(inputs, outputs, name="petal_resnet"))
