@@ -7,7 +7,7 @@ Each variant trains the default model on the tutorial's split (seed 123) for the
 recipe's own schedule (the learning rate follows the full run, as it would in `petal train`), in its own process,
 one after the other. Prints, per variant: seconds per epoch (median), validation accuracy after each epoch, and
 the first epoch (and seconds since the start of `fit`, tracing included) at which it reached --target.
-Variants that petal does not offer (EMA, XLA, warm restarts, the previous stem) are built here, to measure them before adding them.
+Variants that petal does not offer (EMA, XLA, warm restarts, a patch stem) are built here, to measure them before adding them.
 """
 
 import argparse
@@ -36,7 +36,7 @@ VARIANTS = {
     "batch-16": {"batch_size": 16},
     "lr-4e-3": {"learning_rate": 0.004},
     "no-warm-up": {"warmup_epochs": 0},
-    "3x3-stem": {"_stem": ((3, 2), (2, 2, 2, 2))},  # petal-resnet before its 4x4 patch stem
+    "patch-stem": {"_stem": ((4, 4), (1, 2, 2, 2))},  # a 4x4 stride-4 stem, the first stage at its resolution
 }
 
 

@@ -4,6 +4,7 @@ import pytest
 from petal.errors import ConfigError
 from petal.augment import tutorial_layers
 from petal.models import DEFAULT_MODEL, create_model, get_model_entry, list_models
+from petal.models.test_time_flip import with_test_time_flip
 
 
 def test_tutorial_model_has_the_tutorials_parameter_count():
@@ -44,3 +45,13 @@ def test_default_model_is_registered():
 
 def test_list_models_filters_by_pattern():
     assert [e.name for e in list_models("*augmented")] == ["tutorial-augmented"]
+
+
+def test_test_time_flip_averages_each_image_with_its_mirror_image_at_inference_only():
+    classifier = create_model("petal-resnet", 3, (32, 32)).classifier
+    model = with_test_time_flip(classifier)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    expected = (classifier(images, training=False) + classifier(images[:, :, ::-1], training=False)) / 2
+    np.testing.assert_allclose(model(images, training=False), expected, atol=1e-5)
+    np.testing.assert_allclose(model(images, training=True), classifier(images, training=True), atol=1e-5)
+    assert model.count_params() == classifier.count_params()

@@ -6,13 +6,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from conftest import make_folder
 from petal import precision
 from petal.augment import build_augmentation
-from petal.config import AUGMENTATIONS, TrainConfig
+from petal.config import AUGMENTATIONS, ExportConfig, TrainConfig
 from petal.errors import ConfigError
+from petal.export import export_litert
+from petal.image import decode_image
 from petal.models import get_model_entry
+from petal.predict import Predictor
 from petal.train import RunRecorder, dtype_policy, learning_rate, train
 
 
@@ -151,3 +155,23 @@ def test_augmentation_stays_float32_under_a_mixed_precision_run(policy):
         augment = build_augmentation(policy, (32, 32), mixup=0.2, cutmix=1.0)
         images, labels = augment(tf.random.uniform([4, 32, 32, 3], 0, 255), tf.one_hot([0, 1, 0, 1], 2))
     assert images.dtype == tf.float32 and labels.dtype == tf.float32
+
+
+def test_with_test_time_flips_a_photo_and_its_mirror_image_get_the_same_answer_from_keras_and_litert(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    config = TrainConfig.for_model(str(data), "petal-resnet", epochs=1, image_size=(40, 40), batch_size=8)
+    assert config.test_time_flip  # the default model's recipe
+    run = train(config, tmp_path / "run", verbose=0).run.path
+    export_litert(run, ExportConfig(variants=("float32",)))
+    pixels = decode_image(next((data / "red").iterdir()), (40, 40))
+    photo, mirrored = Image.fromarray(pixels), Image.fromarray(np.ascontiguousarray(pixels[:, ::-1]))
+    for model in (run, run / "export" / "model-float32.tflite"):
+        original, mirror = Predictor.load(model).predict([photo, mirrored])
+        np.testing.assert_allclose(original.probabilities, mirror.probabilities, atol=1e-5)
+
+
+def test_test_time_flip_is_refused_for_a_pretrained_backbone_before_anything_is_written(tmp_path):
+    config = TrainConfig.for_model(str(make_folder(tmp_path / "photos", per_class=2)), "mobilenet-v1-0.25", test_time_flip=True)
+    with pytest.raises(ConfigError, match="test-time-flip is for models trained from scratch"):
+        train(config, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()

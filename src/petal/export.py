@@ -230,6 +230,7 @@ def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = 
         "variant": variant,
         "labels": list(run.class_names()),
         "output": "logits",
+        "test_time_flip": config.test_time_flip,  # the file already averages over mirror images: do not again
         "preprocessing": {
             "image_size": list(config.image_size),
             "resize": RESIZE_METHOD,
