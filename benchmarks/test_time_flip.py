@@ -3,8 +3,8 @@
     python benchmarks/test_time_flip.py RUN_DIR [RUN_DIR ...]
 
 For a model trained with --test-time-flip the classifier inside it is evaluated alone too; for one trained
-without, it is wrapped. Same weights, same decoded images (petal's one decode function, at the run's image
-size), so the difference is the flip alone. Prints one row per run.
+without, it is wrapped. Same weights, same decoded images (the run's own decode cache, as its validation
+during training), so the difference is the flip alone. Prints one row per run.
 """
 
 import argparse
@@ -27,22 +27,24 @@ def main():
     parser.add_argument("runs", type=Path, nargs="+")
     args = parser.parse_args()
 
-    from petal.image import decode_image
-    from petal.models.test_time_flip import AddMirrorImages, with_test_time_flip
+    import keras
+
+    from petal.models.test_time_flip import with_test_time_flip
     from petal.run import RunFolder
+    from petal.train import decode_cache
 
     print(f"machine: {machine()}\n")
     print("| run | validation images | without flips | with flips | difference (points) |")
     print("|---|---|---|---|---|")
     for path in args.runs:
         run = RunFolder(path)
-        model, config, validation = run.load_model(), run.config(), run.split("validation")
-        flipping = isinstance(model.layers[1], AddMirrorImages)
-        plain = model.layers[2] if flipping else model
-        flipped = model if flipping else with_test_time_flip(model)
-        size = tuple(config.image_size)
-        images = np.stack([decode_image(Path(validation.root) / p, size) for p in validation.paths]).astype(np.float32)
-        labels = np.asarray(validation.labels)
+        model, config = run.load_model(), run.config()
+        if config.test_time_flip:  # the classifier is the one model nested in with_test_time_flip's wrapper
+            plain, flipped = next(layer for layer in model.layers if isinstance(layer, keras.Model)), model
+        else:
+            plain, flipped = model, with_test_time_flip(model)
+        rows = decode_cache(config).load(run.split("validation"))
+        images, labels = rows.gather(np.arange(len(rows))).astype(np.float32), rows.labels
         without, with_flips = accuracy(plain, images, labels), accuracy(flipped, images, labels)
         print(f"| {path} | {len(labels)} | {without:.4f} | {with_flips:.4f} | {100 * (with_flips - without):+.2f} |", flush=True)
 

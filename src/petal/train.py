@@ -158,6 +158,7 @@ def build_classifier(config: TrainConfig, num_classes: int) -> ModelSpec:
 
 
 def _with_inference_settings(spec: ModelSpec, config: TrainConfig) -> ModelSpec:
+    """The trained model and its model.keras twin are both wrapped, so set_weights sees one structure."""
     if config.test_time_flip:
         return dataclasses.replace(spec, classifier=with_test_time_flip(spec.classifier))
     return spec
