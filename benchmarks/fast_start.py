@@ -4,7 +4,8 @@
                                     [--variants recipe 144 ...]
 
 Each variant trains the default model on the tutorial's split (seed 123) for the first --epochs epochs of the
-recipe's own schedule (the learning rate follows the full run, as it would in `petal train`), in its own process,
+recipe's own schedule (the learning rate follows the full run, as it would in `petal train`; the schedule-N
+variants shorten the whole run to N epochs instead), in its own process,
 one after the other. Prints, per variant: seconds per epoch (median), validation accuracy after each epoch, and
 the first epoch (and seconds since the start of `fit`, tracing included) at which it reached --target.
 Variants that petal does not offer (EMA, XLA, warm restarts, a patch stem) are built here, to measure them before adding them.
@@ -29,12 +30,18 @@ VARIANTS = {
     "recipe": {},
     "144": {"train_image_size": (144, 144)},
     "96": {"train_image_size": (96, 96)},
+    "80": {"train_image_size": (80, 80)},
+    "64": {"train_image_size": (64, 64)},
     "ema": {"_ema": 0.99},
     "weak-crops": {"augmentation": "crop-flip", "_crop_area_min": 0.5},
     "xla": {"_jit": True},
     "restarts-6": {"_restart_epochs": 6},
     "batch-16": {"batch_size": 16},
     "lr-4e-3": {"learning_rate": 0.004},
+    "lr-1e-3": {"learning_rate": 0.001},
+    "lr-5e-4": {"learning_rate": 0.0005},
+    "schedule-8": {"epochs": 8},  # the whole schedule (warm-up, cosine to 0) in 8 epochs: a short run, not the default
+    "schedule-12-80": {"epochs": 12, "train_image_size": (80, 80)},
     "no-warm-up": {"warmup_epochs": 0},
     "patch-stem": {"_stem": ((4, 4), (1, 2, 2, 2))},  # a 4x4 stride-4 stem, the first stage at its resolution
 }
@@ -93,7 +100,7 @@ def run_variant(name: str, data: str, cache_dir: str, epochs: int) -> None:
                 print(json.dumps({"epoch": epoch + 1, "seconds": now - self.epoch_started, "elapsed": now - self.started,
                                   "val_accuracy": logs["val_accuracy"]}), flush=True)
 
-        model.fit(train, validation_data=validation, epochs=epochs, callbacks=[*callbacks, Report()], verbose=0)
+        model.fit(train, validation_data=validation, epochs=min(epochs, config.epochs), callbacks=[*callbacks, Report()], verbose=0)
 
 
 def main():
