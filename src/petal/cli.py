@@ -174,7 +174,7 @@ def _add_train_options(parser, epochs_default: int | None = None):
     parser.add_argument("--label-smoothing", type=float, help="e.g. 0.1" + recipe)
     parser.add_argument("--augmentation", choices=tuple(AUGMENTATIONS), help="; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()).replace("%", "%%"))
     parser.add_argument("--mixup", type=float, help="MixUp alpha, 0 = off" + recipe)
-    parser.add_argument("--cutmix", type=float, help="CutMix alpha, 0 = off" + recipe)
+    parser.add_argument("--cutmix", type=float, help="CutMix factor in 0..1 (each batch mixes with Beta(a, a), a drawn from 0..factor), 0 = off" + recipe)
     parser.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                         help="stop after PATIENCE epochs without a better val accuracy and keep the best weights; 0 = off")
     parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction,

@@ -50,7 +50,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augmentation: str = "none"  # a name of AUGMENTATIONS
     mixup: float = 0.0  # MixUp alpha; 0 = off
-    cutmix: float = 0.0  # CutMix alpha; 0 = off
+    cutmix: float = 0.0  # Keras CutMix factor in [0, 1]: each batch's Beta(a, a) has a drawn from [0, factor]; 0 = off
     early_stopping: int = 0  # stop after this many epochs without a better val accuracy, keep the best; 0 = off
     test_time_flip: bool = False  # the saved model averages its logits over each image and its mirror image
     precision: str = "float32"  # "auto": bfloat16 where the CPU computes it natively, float16 on a GPU
@@ -120,8 +120,10 @@ class TrainConfig:
             raise ConfigError(f"warm-up must be shorter than the run. Received: warmup_epochs={self.warmup_epochs}, epochs={self.epochs}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
-        if self.mixup < 0 or self.cutmix < 0 or self.early_stopping < 0:
-            raise ConfigError("mixup, cutmix and early_stopping must not be negative")
+        if self.mixup < 0 or self.early_stopping < 0:
+            raise ConfigError("mixup and early_stopping must not be negative")
+        if not 0 <= self.cutmix <= 1:  # Keras's CutMix takes a factor in [0, 1]
+            raise ConfigError(f"cutmix must be in [0, 1]. Received: cutmix={self.cutmix}")
         if self.workers < 1 or (self.workers > 1 and self.strategy != "multi-worker"):
             raise ConfigError(f"more than one worker needs strategy 'multi-worker'. Received: workers={self.workers}, strategy={self.strategy!r}")
         if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
