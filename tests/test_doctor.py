@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import make_folder
 from petal.data import index_folder, split_folder
 from petal.doctor import examine
+from petal.errors import ConfigError
 
 PETAL = str(Path(sys.executable).parent / "petal")
 
@@ -113,3 +114,10 @@ def test_training_on_the_messy_folder_leaves_out_exactly_the_unreadable_files(me
     skipped = {line.split(",")[0] for line in (run / "skipped.csv").read_text().splitlines()[1:]}
     assert skipped == {"red/truncated.jpg", "red/empty.jpg", "red/text.jpg", "green/icon.png"}
     assert "left out 4 files that could not be decoded" in result.stderr
+
+
+def test_a_pixel_limit_below_one_is_refused_before_any_file_is_read(tmp_path):
+    make_folder(tmp_path, per_class=2)
+    split = split_folder(index_folder(tmp_path), 0.5, 123)
+    with pytest.raises(ConfigError, match="max_pixels must be at least 1"):
+        examine(split, max_pixels=0)

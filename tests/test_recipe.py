@@ -32,7 +32,7 @@ def test_a_models_recipe_fills_the_config_and_the_users_settings_win():
 
 @pytest.mark.parametrize("changes", [{"optimizer": "sgd"}, {"weight_decay": 0.1}, {"lr_schedule": "step"},
                                      {"warmup_epochs": 15}, {"label_smoothing": 1.0}, {"augmentation": "cutout"},
-                                     {"precision": "int8"}, {"mixup": -1.0}, {"cutmix": 2.0}])
+                                     {"precision": "int8"}, {"mixup": -1.0}, {"cutmix": 2.0}, {"max_pixels": 0}])
 def test_config_refuses_nonsense_recipes(changes):
     with pytest.raises(ConfigError):
         TrainConfig("photos", "tutorial", **changes)

@@ -101,7 +101,7 @@ class TrainConfig:
             size = getattr(self, name)
             if size is not None and (len(size) != 2 or min(size) < 8):
                 raise ConfigError(f"{name.replace('_', ' ')} must be two numbers (height width), each at least 8. Received: {name}={size}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         for name, valid in (("class_weight", ("none", "auto")), ("optimizer", OPTIMIZERS), ("augmentation", tuple(AUGMENTATIONS)),
