@@ -1,6 +1,9 @@
 """The training recipe around the default model: config resolution, augmentation, precision, early stopping."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -157,17 +160,37 @@ def test_augmentation_stays_float32_under_a_mixed_precision_run(policy):
     assert images.dtype == tf.float32 and labels.dtype == tf.float32
 
 
-def test_with_test_time_flips_a_photo_and_its_mirror_image_get_the_same_answer_from_keras_and_litert(tmp_path):
-    data = make_folder(tmp_path / "photos", per_class=6)
+@pytest.fixture(scope="module")
+def flipped_run(tmp_path_factory):
+    """A one-epoch run of the default model, whose recipe averages each image with its mirror image."""
+    root = tmp_path_factory.mktemp("flipped")
+    data = make_folder(root / "photos", per_class=6)
     config = TrainConfig.for_model(str(data), "petal-resnet", epochs=1, image_size=(40, 40), batch_size=8)
     assert config.test_time_flip  # the default model's recipe
-    run = train(config, tmp_path / "run", verbose=0).run.path
+    run = train(config, root / "run", verbose=0).run.path
     export_litert(run, ExportConfig(variants=("float32",)))
+    return data, run
+
+
+def test_with_test_time_flips_a_photo_and_its_mirror_image_get_the_same_answer_from_keras_and_litert(flipped_run):
+    data, run = flipped_run
     pixels = decode_image(next((data / "red").iterdir()), (40, 40))
     photo, mirrored = Image.fromarray(pixels), Image.fromarray(np.ascontiguousarray(pixels[:, ::-1]))
     for model in (run, run / "export" / "model-float32.tflite"):
         original, mirror = Predictor.load(model).predict([photo, mirrored])
         np.testing.assert_allclose(original.probabilities, mirror.probabilities, atol=1e-5)
+
+
+def test_a_new_process_loads_the_flipped_model_keras_for_predict_and_evaluate(flipped_run):
+    """Only training imported the flip layers once: `petal predict RUN` and `petal evaluate RUN` crashed."""
+    data, run = flipped_run
+    petal = str(Path(sys.executable).parent / "petal")
+    predicted = subprocess.run([petal, "predict", run, next((data / "red").iterdir())], capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr
+    assert "most likely belongs to" in predicted.stdout
+    evaluated = subprocess.run([petal, "evaluate", run], capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (run / "evaluation" / "keras" / "metrics.json").exists()
 
 
 def test_test_time_flip_is_refused_for_a_pretrained_backbone_before_anything_is_written(tmp_path):
