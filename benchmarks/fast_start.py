@@ -39,7 +39,6 @@ VARIANTS = {
     "batch-16": {"batch_size": 16},
     "lr-4e-3": {"learning_rate": 0.004},
     "lr-1e-3": {"learning_rate": 0.001},
-    "lr-5e-4": {"learning_rate": 0.0005},
     "schedule-8": {"epochs": 8},  # the whole schedule (warm-up, cosine to 0) in 8 epochs: a short run, not the default
     "schedule-12-80": {"epochs": 12, "train_image_size": (80, 80)},
     "no-warm-up": {"warmup_epochs": 0},
