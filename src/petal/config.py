@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petal.errors import ConfigError
-from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD
+from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
 
 
 AUGMENTATIONS = {
@@ -101,9 +101,10 @@ class TrainConfig:
             size = getattr(self, name)
             if size is not None and (len(size) != 2 or min(size) < 8):
                 raise ConfigError(f"{name.replace('_', ' ')} must be two numbers (height width), each at least 8. Received: {name}={size}")
-        for name in ("epochs", "batch_size", "max_pixels"):
+        for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
+        check_pixel_limit(self.max_pixels)
         for name, valid in (("class_weight", ("none", "auto")), ("optimizer", OPTIMIZERS), ("augmentation", tuple(AUGMENTATIONS)),
                             ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS), ("strategy", STRATEGIES),
                             ("lr_scaling", ("linear", "none"))):

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from petal.data import Split
-from petal.errors import ConfigError, ImageError
-from petal.image import DEFAULT_MAX_PIXELS, FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS, open_rgb
+from petal.errors import ImageError
+from petal.image import DEFAULT_MAX_PIXELS, FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS, check_pixel_limit, open_rgb
 
 MIN_SIDE = 32  # smaller images carry too little to learn from at any usual input size
 
@@ -96,8 +96,7 @@ class DoctorReport:
 
 def examine(split: Split, *, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None, progress=None) -> DoctorReport:
     """Examine every file of both sides of `split`, in parallel."""
-    if max_pixels < 1:  # every image would be reported as too large
-        raise ConfigError(f"max_pixels must be at least 1. Received: max_pixels={max_pixels}")
+    check_pixel_limit(max_pixels)
     root = split.train.root
     parts = [("train", split.train), ("validation", split.validation)] + ([("test", split.test)] if split.test else [])
     sides = {path: side for side, folder in parts for path in folder.paths}

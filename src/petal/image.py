@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from petal.errors import ImageError
+from petal.errors import ConfigError, ImageError
 
 # Extensions petal indexes, with the format their content should have; the first five are the
 # ones Keras's loader indexes.
@@ -33,6 +33,12 @@ RESIZE_METHOD = "pillow-bilinear-antialias"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~ 9459 x 9459)
 
 ImageSource = str | os.PathLike | bytes | Image.Image
+
+
+def check_pixel_limit(max_pixels: int) -> None:
+    """Refuse a limit below one before any file is read: every image would be called too large."""
+    if max_pixels < 1:
+        raise ConfigError(f"max_pixels must be at least 1. Received: max_pixels={max_pixels}")
 
 
 def decode_image(
