@@ -1,9 +1,13 @@
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# The `petal` command of this environment, for tests that run the CLI in a new process as a user would.
+PETAL = str(Path(sys.executable).parent / "petal")
 
 # Colour-coded classes: easy enough that a CNN learns them in an epoch or two.
 CLASS_COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40)}

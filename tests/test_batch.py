@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,14 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import exported_tiny_run, make_image
+from conftest import PETAL, exported_tiny_run, make_image
 from petal.batch import BatchFolder, iter_source
 from petal.cli import main
 from petal.cluster import SESSIONS_ROOT, session_processes
 from petal.errors import RunFolderError
 from petal.predict import Predictor
 
-PETAL = str(Path(sys.executable).parent / "petal")
 BAD_FILES = {"text.jpg": "not an image", "truncated.jpg": "Truncated", "empty.jpg": "empty file"}
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_folder
+from conftest import PETAL, make_folder
 from petal.cluster import SESSIONS_ROOT, session_processes
 
-PETAL = str(Path(sys.executable).parent / "petal")
 SMALL = ["--model", "tutorial", "--epochs", "1", "--image-size", "32", "32", "--batch-size", "4"]
 
 

@@ -3,19 +3,17 @@
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_folder
+from conftest import PETAL, make_folder
 from petal.data import index_folder, split_folder
 from petal.doctor import examine
 from petal.errors import ConfigError
 
-PETAL = str(Path(sys.executable).parent / "petal")
 
 
 def noisy(size=(48, 40), seed=0, mode="RGB"):

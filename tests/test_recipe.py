@@ -2,8 +2,6 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import make_folder
+from conftest import PETAL, make_folder
 from petal import precision
 from petal.augment import build_augmentation
 from petal.config import AUGMENTATIONS, ExportConfig, TrainConfig
@@ -184,11 +182,10 @@ def test_with_test_time_flips_a_photo_and_its_mirror_image_get_the_same_answer_f
 def test_a_new_process_loads_the_flipped_model_keras_for_predict_and_evaluate(flipped_run):
     """Only training imported the flip layers once: `petal predict RUN` and `petal evaluate RUN` crashed."""
     data, run = flipped_run
-    petal = str(Path(sys.executable).parent / "petal")
-    predicted = subprocess.run([petal, "predict", run, next((data / "red").iterdir())], capture_output=True, text=True)
+    predicted = subprocess.run([PETAL, "predict", run, next((data / "red").iterdir())], capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr
     assert "most likely belongs to" in predicted.stdout
-    evaluated = subprocess.run([petal, "evaluate", run], capture_output=True, text=True)
+    evaluated = subprocess.run([PETAL, "evaluate", run], capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr
     assert (run / "evaluation" / "keras" / "metrics.json").exists()
 

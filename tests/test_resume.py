@@ -4,16 +4,13 @@ import csv
 import json
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import make_folder
+from conftest import PETAL, make_folder
 from petal import atomic
 
-PETAL = str(Path(sys.executable).parent / "petal")
 
 
 def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all(tmp_path):

@@ -5,17 +5,15 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import CLASS_COLOURS, exported_tiny_run, make_image
+from conftest import CLASS_COLOURS, PETAL, exported_tiny_run, make_image
 from petal.serve import create_app
 
 CHROMIUM = shutil.which("chromium")
@@ -64,7 +62,7 @@ def server(tflite):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([str(Path(sys.executable).parent / "petal"), "serve", str(tflite), "--port", str(port),
+    process = subprocess.Popen([PETAL, "serve", str(tflite), "--port", str(port),
                                 "--max-upload-mb", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"

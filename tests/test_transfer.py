@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_folder
+from conftest import PETAL, make_folder
 from petal.cli import main
 from petal.config import ExportConfig, TrainConfig
 from petal.errors import WeightsError
@@ -29,7 +28,6 @@ from petal.predict import Predictor
 from petal.run import RunFolder
 from petal.train import train
 
-PETAL = str(Path(sys.executable).parent / "petal")
 MODEL = "mobilenet-v1-0.25"
 SIZE = (32, 32)
 

@@ -3,21 +3,19 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASS_COLOURS, make_folder, make_image
+from conftest import CLASS_COLOURS, PETAL, make_folder, make_image
 from petal.cli import main
 
-PETAL = [str(Path(sys.executable).parent / "petal")]
 SMALL = ["--image-size", "32", "32", "--batch-size", "8"]
 
 
 def petal(*args, cwd=None):
-    return subprocess.run(PETAL + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([PETAL, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")
