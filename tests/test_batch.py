@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +41,8 @@ def model_and_photos(tmp_path_factory):
 
 
 def read_output(out: Path) -> list[dict]:
-    return pq.read_table(sorted(out.glob("part-*.parquet"))).to_pylist()
+    """The output folder read the way docs/SCALE.md says: pyarrow.parquet.read_table("DIR")."""
+    return pq.read_table(str(out)).to_pylist()
 
 
 def test_killed_run_resumes_with_every_file_exactly_once_and_equal_to_petal_predict(model_and_photos, tmp_path):
@@ -71,7 +73,9 @@ def test_killed_run_resumes_with_every_file_exactly_once_and_equal_to_petal_pred
     assert not killed_session.exists()
     assert not any(SESSIONS_ROOT.iterdir())  # the second run's own cluster is gone too
     assert not [p for p in orphans if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not list(out.rglob("*.partial")), "the killed run's scratch files are gone"
     rows = read_output(out)
+    assert len(pd.read_parquet(str(out))) == len(rows) == 63  # docs/SCALE.md's other way to read it
     paths = [row["path"] for row in rows]
     expected = [str(p) for p in sorted(photos.rglob("*.jpg"), key=lambda p: (p.parent.name, p.name))]
     assert sorted(paths) == sorted(expected) and len(paths) == len(set(paths)) == 63
@@ -155,4 +159,4 @@ def test_more_workers_than_cpus_is_refused_and_all_bad_files_exit_non_zero(model
     all_bad = subprocess.run([PETAL, "predict-batch", str(model), str(bad), "--out", str(tmp_path / "b")],
                              capture_output=True, text=True, timeout=300)
     assert all_bad.returncode == 2 and "0 predicted, 3 failed" in all_bad.stdout
-    assert json.loads((tmp_path / "b" / "batch.json").read_text())["files"] == 3
+    assert json.loads((tmp_path / "b" / "_batch.json").read_text())["files"] == 3

@@ -75,3 +75,26 @@ def test_training_images_are_fed_upright_when_exif_says_rotated(tmp_path, image_
     fed = images.gather([images.paths.index("red/zz_phone.jpg")])[0]
 
     assert fed[:, :20, 0].mean() > 200 and fed[:, -20:, 2].mean() > 200  # red left, blue right: upright
+
+
+def test_reading_every_cached_row_keeps_resident_memory_at_about_a_batch(tmp_path):
+    """An epoch reads rows through the page cache, not a memory map, so the process's resident size does
+    not grow by the size of the cache (a memory map would add all 60 MB here)."""
+    import psutil
+
+    from petal.cache import CachedRows, ShardStore
+
+    rng = np.random.default_rng(0)
+    store = ShardStore(tmp_path / "store")
+    keys = [f"k{i}" for i in range(800)]
+    for start in range(0, 800, 400):
+        store.write_shard(keys[start:start + 400], list(rng.integers(0, 255, (400, 160, 160, 3), dtype=np.uint8)), {})
+    rows = CachedRows(folder=None, row_shape=(160, 160, 3), dtype="uint8",
+                      shard_paths=[store.dir / f"{name}.npy" for name in store.shard_names],
+                      shard_of=np.asarray([store.index[k][0] for k in keys], np.int32),
+                      row_of=np.asarray([store.index[k][1] for k in keys], np.int32),
+                      usable=np.arange(800), keys=keys, failures={}, computed=0)
+    before = psutil.Process().memory_info().rss
+    for start in range(0, 800, 32):
+        rows.gather(np.arange(start, min(start + 32, 800)))
+    assert psutil.Process().memory_info().rss - before < 20e6

@@ -36,12 +36,14 @@ def lone_tflite(tmp_path_factory):
     return alone
 
 
+@pytest.mark.quick
 def test_the_light_install_has_no_tensorflow_keras_or_matplotlib(light_env):
     for module in ("tensorflow", "keras", "matplotlib"):
         probe = subprocess.run([light_env / "python", "-c", f"import {module}"], capture_output=True, text=True)
         assert probe.returncode != 0, f"{module} was installed without the [train] extra"
 
 
+@pytest.mark.quick
 def test_the_light_install_predicts_with_the_labels_inside_the_file(light_env, lone_tflite, tmp_path):
     photo = make_image(tmp_path / "query.jpg", CLASS_COLOURS["green"], seed=3)
     result = subprocess.run([light_env / "petal", "predict", lone_tflite, photo], capture_output=True, text=True, timeout=120)

@@ -5,6 +5,7 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -55,6 +56,132 @@ def test_bad_uploads_get_a_4xx_with_a_clear_message(tflite, upload, status, mess
     response = client.post("/predict", files=upload)
     assert response.status_code == status
     assert message in response.json()["error"]
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams_in(tflite):
+    """Driven at the ASGI level, as uvicorn drives it (TestClient would read the whole body first): a 64 MB upload in
+    256 KB chunks with no Content-Length, so the server cannot know its size up front."""
+    import anyio
+
+    boundary = uuid.uuid4().hex
+    chunks = [(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="huge.jpg"\r\n'
+               "Content-Type: image/jpeg\r\n\r\n").encode(), *[b"\0" * (256 * 1024)] * 256, f"\r\n--{boundary}--\r\n".encode()]
+    chunks_read, sent = 0, []
+
+    async def receive():
+        nonlocal chunks_read
+        chunks_read += 1
+        return {"type": "http.request", "body": chunks[chunks_read - 1], "more_body": chunks_read < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode()), (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    anyio.run(create_app(tflite, max_upload_bytes=1024 * 1024), scope, receive, send)
+
+    assert sent[0]["status"] == 413 and "larger than the limit of 1 MB" in json.loads(sent[1]["body"])["error"]
+    assert chunks_read <= 6, f"the server read {chunks_read} chunks: on past the limit (1 MB and 64 KB for multipart headers)"
+
+
+@pytest.fixture
+def slow_decode(monkeypatch):
+    """Bytes whose decode blocks until `release` is set, as a 9400 x 9400 image's takes seconds; `started` is set once
+    their decode has begun."""
+    import petal.image
+
+    slow = make_image_bytes((60, 60, 60))
+    started, release = threading.Event(), threading.Event()
+    real_open_rgb = petal.image.open_rgb
+
+    def open_rgb(source, **kwargs):
+        if source == slow:
+            started.set()
+            release.wait(timeout=30)
+        return real_open_rgb(source, **kwargs)
+
+    monkeypatch.setattr(petal.image, "open_rgb", open_rgb)
+    yield slow, started, release
+    release.set()
+
+
+def make_image_bytes(colour) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_slow_decode_does_not_hold_up_other_requests(tflite, photo, slow_decode):
+    slow, started, release = slow_decode
+    with TestClient(create_app(tflite)) as client, ThreadPoolExecutor(max_workers=1) as pool:
+        slow_answer = pool.submit(client.post, "/predict", files={"image": ("big.png", slow, "image/png")})
+        assert started.wait(timeout=30)
+        quick = client.post("/predict", files={"image": ("red.jpg", photo.read_bytes(), "image/jpeg")})
+        slow_still_decoding = not slow_answer.done()
+        release.set()
+        assert quick.status_code == 200 and quick.json()["label"] == "red"
+        assert slow_still_decoding, "the photo was answered only after the slow image's decode ended"
+        assert slow_answer.result().status_code == 200
+
+
+def test_a_request_past_its_time_budget_gets_503_and_the_server_keeps_answering(tflite, photo, slow_decode):
+    slow, started, release = slow_decode
+    with TestClient(create_app(tflite, decodes=1, timeout_s=0.5)) as client, ThreadPoolExecutor(max_workers=1) as pool:
+        slow_answer = pool.submit(client.post, "/predict", files={"image": ("big.png", slow, "image/png")})
+        assert started.wait(timeout=30)
+        waiting = client.post("/predict", files={"image": ("red.jpg", photo.read_bytes(), "image/jpeg")})
+        release.set()
+        assert waiting.status_code == 503 and "busy" in waiting.json()["error"] and waiting.headers["retry-after"] == "1"
+        assert slow_answer.result().status_code == 200
+        assert client.post("/predict", files={"image": ("red.jpg", photo.read_bytes(), "image/jpeg")}).json()["label"] == "red"
+
+
+def test_an_image_over_the_pixel_budget_gets_413(tflite, photo):
+    client = TestClient(create_app(tflite, max_pixels=1000))
+    response = client.post("/predict", files={"image": ("red.jpg", photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 413
+    assert response.json()["error"] == "red.jpg: 40x52 = 2,080 pixels exceeds the limit of 1,000 (raise it with --max-pixels)"
+
+
+@pytest.mark.parametrize("method, path, request_args, status, message", [
+    ("post", "/predict", {"content": b"x", "headers": {"Content-Type": "multipart/form-data"}}, 400, "Missing boundary"),
+    ("post", "/predict", {"files": [("image", ("a.jpg", b"1")), ("image", ("b.jpg", b"2"))]}, 400, "Too many files"),
+    ("post", "/predict", {"content": b"--x\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--x--\r\n",
+                          "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400, '"name" must be provided'),
+    ("get", "/predict", {}, 405, "Method Not Allowed"),
+    ("get", "/no-such-page", {}, 404, "Not Found"),
+])
+def test_every_error_is_json_with_a_message(tflite, method, path, request_args, status, message):
+    response = getattr(TestClient(create_app(tflite)), method)(path, **request_args)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["error"]
+
+
+def test_an_internal_error_is_json_too(tflite, photo, monkeypatch):
+    from petal.predict import Predictor
+
+    def broken(self, images, **kwargs):
+        raise RuntimeError("the interpreter fell over")
+
+    app = create_app(tflite)
+    monkeypatch.setattr(Predictor, "predict", broken)
+    response = TestClient(app, raise_server_exceptions=False).post(
+        "/predict", files={"image": ("red.jpg", photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (RuntimeError); the server log has the details"}
+
+
+def test_the_app_serves_its_openapi_schema_with_every_status_it_answers(tflite):
+    schema = TestClient(create_app(tflite)).get("/openapi.json").json()
+    post = schema["paths"]["/predict"]["post"]
+    assert set(post["responses"]) == {"200", "400", "413", "415", "503"}
+    assert post["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["image"]
+    assert schema["components"]["schemas"]["Prediction"]["properties"]["label"]["enum"] == ["blue", "green", "red"]
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ def test_data_summarises_the_folder_and_saves_a_grid(tmp_path, image_folder):
     assert Image.open(tmp_path / "grid.png").size[0] > 300
 
 
+@pytest.mark.quick
 def test_train_writes_a_complete_run_folder(trained_run):
     assert trained_run["train"].returncode == 0, trained_run["train"].stderr
     run = trained_run["run"]
@@ -51,6 +52,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert "Diagnosis:" in trained_run["train"].stdout
 
 
+@pytest.mark.quick
 def test_export_writes_every_variant_and_prints_the_parity_table(trained_run):
     assert trained_run["export"].returncode == 0, trained_run["export"].stderr
     report = json.loads((trained_run["run"] / "export" / "report.json").read_text())
@@ -63,6 +65,7 @@ def test_export_writes_every_variant_and_prints_the_parity_table(trained_run):
     assert "INFO: Created TensorFlow Lite XNNPACK delegate" not in trained_run["export"].stderr
 
 
+@pytest.mark.quick
 def test_predict_prints_the_tutorials_sentence_and_top_three(trained_run, tmp_path):
     photo = make_image(tmp_path / "query.jpg", CLASS_COLOURS["red"], seed=7)
     for model in (trained_run["run"] / "export" / "model-float32.tflite", trained_run["run"]):
@@ -94,6 +97,7 @@ def test_predict_names_a_bad_file_and_still_predicts_the_rest(trained_run, tmp_p
     assert f"{good} most likely belongs to" in result.stdout
 
 
+@pytest.mark.quick
 def test_predicting_from_tflite_does_not_import_tensorflow(trained_run, tmp_path):
     photo = make_image(tmp_path / "q.jpg", CLASS_COLOURS["green"])
     code = (

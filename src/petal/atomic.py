@@ -1,44 +1,82 @@
-"""Write-then-rename helpers: a reader (or a later `--resume`) never sees a half-written file."""
+"""Write-then-rename helpers: a reader (or a later `--resume`) never sees a half-written file.
+
+A file is written inside a hidden scratch folder beside its target, named
+`.NAME.HOST-PID-RANDOM.partial`, and renamed over the target when complete. The scratch name never
+ends in the target's suffix, so `glob("*.tflite")` never finds a half file; the file inside keeps the
+target's name, so writers that pick a format from the extension (Keras `.keras`, matplotlib `.png`,
+NumPy `.npy`) behave as for the real name. A process killed mid-write leaves its scratch folder
+behind: `remove_partials` deletes those whose process is gone, and the commands call it on every
+folder they write to (run folders, export scratch space, caches, predict-batch output).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from petal.errors import DiskFullError
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+PARTIAL_SUFFIX = ".partial"
+# No space, over quota, over the file-size limit (ulimit -f; Python ignores SIGXFSZ, so writes fail instead).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-_UMASK = _read_umask()
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")  # a dot would end the name's owner tag
+
+
+def owner_tag() -> str:
+    """`HOST-PID-`: names files so that a later process can tell whether their writer is gone."""
+    return f"{_host()}-{os.getpid()}-"
+
+
+def writer_is_gone(tagged: str) -> bool:
+    """Whether the process whose `owner_tag()` starts `tagged` (after any prefix ending in '.' or
+    'shard-') ran on this host and has exited."""
+    owner = tagged.rsplit(".", 1)[-1].split("-")
+    if len(owner) < 3 or not owner[-2].isdigit() or "-".join(owner[:-2]) != _host():
+        return False
+    return not _alive(int(owner[-2]))
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, parent: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A new folder `PREFIX.HOST-PID-RANDOM.partial` in `parent` (default: the system's temporary folder),
+    removed with everything in it when the block ends, however it ends."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}.{owner_tag()}", suffix=PARTIAL_SUFFIX, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it over `target` only if the block succeeds.
-
-    The temporary file keeps the target's suffix, so writers that pick a format from the
-    extension (Keras `.keras`, matplotlib `.png`, NumPy `.npy`) behave as for the real name.
-    """
+    """Yield a path with `target`'s name inside a scratch folder beside it; move it over `target` only if
+    the block succeeds (after fsync), so `target` is either the old file or the whole new one."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
+    with scratch_dir(f".{target.name}", target.parent) as scratch:
+        tmp_path = scratch / target.name
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb") as f:
+                os.fsync(f.fileno())
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS or exc.errno is None:  # NumPy reports a short write without errno
+                reason = os.strerror(exc.errno) if exc.errno else f"short write: {exc}"
+                raise DiskFullError(f"{target}: cannot be written ({reason}); "
+                                    f"{shutil.disk_usage(target.parent).free / 1e6:,.0f} MB free there") from None
+            raise
         os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
@@ -47,8 +85,35 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:
-    write_bytes(target, text.encode("utf-8"))
+    # surrogateescape: a file name that is not valid UTF-8 is written back as the very bytes it was read from
+    write_bytes(target, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(target: str | os.PathLike, obj) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def remove_partials(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the scratch folders under `folder` that a killed petal process on this host left; returns
+    them. Scratch folders of live processes, or of other hosts sharing the folder, are left alone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    candidates = folder.rglob(f"*{PARTIAL_SUFFIX}") if recursive else folder.glob(f"*{PARTIAL_SUFFIX}")
+    for path in list(candidates):
+        if not writer_is_gone(path.name[: -len(PARTIAL_SUFFIX)]):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -2,7 +2,7 @@
 
 The source (a folder searched recursively, a glob, or a manifest: .txt, .csv or .parquet with a
 `path` column) is first streamed into numbered manifest parts of `part_size` paths under
-OUT/manifest/. The parts are the unit of work and of record: Ray Data hands part numbers to a pool of
+OUT/_manifest/. The parts are the unit of work and of record: Ray Data hands part numbers to a pool of
 actors, each holding one LiteRT interpreter (petal.predict.Predictor, so the same decode-and-resize
 as everywhere else), and each part's rows are written atomically as OUT/part-NNNNNN.parquet. The
 driver only ever sees one small summary per part, so its memory does not grow with the number of
@@ -31,7 +31,10 @@ from petal.native_log import native_log_silenced
 
 PART_SIZE = 512
 MAX_BLOCKS = 10_000  # Ray Data blocks of part numbers: one part each, up to this many
-RECORD = "batch.json"
+# Names that start with "_" are skipped by Parquet readers (pyarrow's ignore_prefixes), so OUT itself
+# is a Parquet dataset: pyarrow.parquet.read_table(OUT) and pandas.read_parquet(OUT) read every part.
+RECORD = "_batch.json"
+MANIFEST = "_manifest"
 SCHEMA_VERSION = 1
 
 
@@ -108,13 +111,15 @@ def _iter_manifest(path: Path) -> Iterator[str]:
 
 
 class BatchFolder:
-    """OUT: batch.json (what made it), manifest/part-N.txt (the paths of part N), part-N.parquet (its rows)."""
+    """OUT: _batch.json (what made it), _manifest/part-N.txt (the paths of part N), part-N.parquet (its rows).
+    Opening it removes the scratch files of a killed run (petal.atomic)."""
 
     def __init__(self, out: str | os.PathLike):
         self.path = Path(out)
+        atomic.remove_partials(self.path)
 
     def manifest_part(self, part: int) -> Path:
-        return self.path / "manifest" / f"part-{part:06d}.txt"
+        return self.path / MANIFEST / f"part-{part:06d}.txt"
 
     def output_part(self, part: int) -> Path:
         return self.path / f"part-{part:06d}.parquet"
@@ -191,7 +196,8 @@ class PartPredictor:
 
         from petal.predict import PredictionError
 
-        paths = self.folder.manifest_part(part).read_text(encoding="utf-8").splitlines()
+        # As written (petal.atomic.write_text): exact bytes of non-UTF-8 names; "\n" only, names may hold \r or \u2028.
+        paths = [p for p in self.folder.manifest_part(part).read_bytes().decode("utf-8", "surrogateescape").split("\n") if p]
         rows = {"path": [], "label": [], "confidence": [], "top_labels": [], "top_probabilities": [], "error": []}
         for result in self.predictor.predict(paths, top_k=self.top_k, batch_size=self.batch_size):
             rows["path"].append(result.source)

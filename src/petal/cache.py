@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ import numpy as np
 
 from petal import atomic
 from petal.data import ImageFolder
-from petal.errors import ImageError
-from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, decode_image
+from petal.errors import DiskFullError, ImageError
+from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, decode_image, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def default_cache_root() -> Path:
 @dataclass
 class CachedRows:
     """Rows of one `ImageFolder` in its order (decoded images, or their embeddings: `petal.embeddings`),
-    served from memory-mapped shards."""
+    read from the shard files a batch at a time."""
 
     folder: ImageFolder
     row_shape: tuple[int, ...]  # (height, width, 3) for images, (features,) for embeddings
@@ -54,7 +55,7 @@ class CachedRows:
     keys: list[str]  # content key (sha256 of the file) per usable image
     failures: dict[str, str]  # relative path -> reason, for images left out
     computed: int  # how many rows this call computed (0 when everything came from the cache)
-    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _offsets: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.usable)
@@ -72,17 +73,32 @@ class CachedRows:
         return [self.folder.paths[i] for i in self.usable]
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
-        """Rows at `positions` (0..len-1) as one batch."""
+        """Rows at `positions` (0..len-1) as one batch, read from the shard files.
+
+        Plain reads, not a memory map: the rows pass through the page cache, which the kernel reclaims
+        and which is not the process's memory, so the resident size stays one batch however many rows
+        an epoch reads. Each call opens its own files, so tf.data may call it from several threads."""
         positions = np.asarray(positions)
         batch = np.empty((len(positions), *self.row_shape), dtype=self.dtype)
-        for out, position in enumerate(positions):
-            batch[out] = self._shard(self.shard_of[position])[self.row_of[position]]
+        row_bytes = batch[0].nbytes if len(batch) else 0
+        shards = self.shard_of[positions]
+        for shard in np.unique(shards):
+            with open(self.shard_paths[shard], "rb") as f:
+                offset = self._data_offset(int(shard), f)
+                for out in np.flatnonzero(shards == shard):
+                    f.seek(offset + int(self.row_of[positions[out]]) * row_bytes)
+                    if f.readinto(memoryview(batch[out]).cast("B")) != row_bytes:
+                        raise OSError(f"{self.shard_paths[shard]}: shard file is shorter than its index says")
         return batch
 
-    def _shard(self, shard: int) -> np.ndarray:
-        if shard not in self._maps:
-            self._maps[shard] = np.load(self.shard_paths[shard], mmap_mode="r")
-        return self._maps[shard]
+    def _data_offset(self, shard: int, f) -> int:
+        """Where the rows of a shard's .npy file start (after NumPy's header), read once per shard."""
+        if shard not in self._offsets:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            read_header(f)  # leaves the file at the first row
+            self._offsets[shard] = f.tell()
+        return self._offsets[shard]
 
 
 class ShardStore:
@@ -100,6 +116,8 @@ class ShardStore:
     def _read_index(self) -> None:
         if not self.dir.is_dir():
             return
+        atomic.remove_partials(self.dir, recursive=False)
+        self._remove_orphans()
         for meta_path in sorted(self.dir.glob("shard-*.json")):
             try:
                 meta = json.loads(meta_path.read_text())
@@ -114,8 +132,15 @@ class ShardStore:
                 self.index.setdefault(key, (shard, row))
             self.failed.update(meta.get("failed", {}))
 
+    def _remove_orphans(self) -> None:
+        """Shard arrays whose index was never written because their writer was killed between the two
+        renames (a shard's name carries its writer, petal.atomic.owner_tag)."""
+        for array in self.dir.glob("shard-*.npy"):
+            if not array.with_suffix(".json").exists() and atomic.writer_is_gone(array.stem.removeprefix("shard-")):
+                array.unlink(missing_ok=True)
+
     def write_shard(self, keys: list[str], rows: list[np.ndarray], failed: dict[str, str]) -> None:
-        name = f"shard-{uuid.uuid4().hex[:12]}"
+        name = f"shard-{atomic.owner_tag()}{uuid.uuid4().hex[:12]}"
         if rows:
             with atomic.atomic_path(self.dir / f"{name}.npy") as tmp:
                 np.save(tmp, np.stack(rows))
@@ -130,7 +155,7 @@ class ShardStore:
         usable, usable_keys, failures = [], [], {}
         for i, key in enumerate(keys):
             if key is None:
-                failures[folder.paths[i]] = "cannot read file"
+                failures[folder.paths[i]] = "cannot read file (missing, unreadable, or not a regular file)"
             elif key in self.index:
                 usable.append(i)
                 usable_keys.append(key)
@@ -160,7 +185,7 @@ class ShardStore:
             shard_of=np.asarray([self.index[k][0] for k in images.keys], dtype=np.int32),
             row_of=np.asarray([self.index[k][1] for k in images.keys], dtype=np.int32),
             computed=computed,
-            _maps={},
+            _offsets={},
         )
 
 
@@ -188,12 +213,22 @@ class DecodeCache:
         missing = sorted({k for k in keys if k and k not in store.index and k not in store.failed})
         path_of = {k: p for k, p in zip(keys, absolute)}
         if missing:
+            self._check_space(len(missing))
             log.info("decoding %d images into %s", len(missing), self.dir)
             self._decode_into(store, [path_of[k] for k in missing], missing, workers, progress)
         log.info(
             "decoded %d images, %d read from the decode cache %s", len(missing), len(keys) - len(missing), self.dir
         )
         return store.rows(folder, keys, (*self.image_size, 3), "uint8", computed=len(missing))
+
+    def _check_space(self, images: int) -> None:
+        """Refuse before writing a byte when the disk cannot hold the decoded images."""
+        existing = next(p for p in (self.dir, *self.dir.parents) if p.exists())
+        needed, free = images * self.image_size[0] * self.image_size[1] * 3, shutil.disk_usage(existing).free
+        if needed > free:
+            raise DiskFullError(f"{self.dir}: the decode cache needs {needed / 1e6:,.0f} MB for {images:,} images and "
+                                f"{free / 1e6:,.0f} MB are free; free space or pass --cache-dir, then run the command again "
+                                "(petal train: with --resume)")
 
     def _decode_into(self, store: ShardStore, paths: list[str], keys: list[str], workers: int, progress) -> None:
         pending_keys: list[str] = []
@@ -228,11 +263,8 @@ def settings_key(settings: dict) -> str:
 
 def content_key(path: str) -> str | None:
     """sha256 of the file's bytes: renaming a file keeps its cache entry, editing it does not."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
+        with open_regular(path) as f:  # a FIFO or a device is never read: it would hang or never end
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except (OSError, ImageError):
         return None
-    return digest.hexdigest()

@@ -30,10 +30,10 @@ TRAIN_SETTINGS = (
     "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "test_time_flip", "precision",
     "class_weight",
     "deterministic", "max_pixels", "cache_dir", "weights", "fine_tune_blocks", "fine_tune_epochs", "fine_tune_learning_rate",
-    "strategy", "workers", "lr_scaling",
+    "strategy", "workers", "lr_scaling", "layout", "follow_links",
 )
 
-# Which optional extra brings which module, for the one-line "pip install 'petal[...]'" message.
+# Which optional extra brings which module, for the one-line "pip install 'petal-vision[...]'" message.
 EXTRAS = {"train": ("tensorflow", "keras", "matplotlib", "tqdm"), "serve": ("starlette", "uvicorn", "multipart"),
           "scale": ("ray", "pyarrow", "psutil")}
 
@@ -44,6 +44,9 @@ EXIT_PARTIAL = 1  # it did, but some inputs failed (e.g. unreadable images given
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a class or file name the console cannot encode is escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     for chatty in ("absl", "tensorflow"):  # SavedModel notices ("Assets written to ...") during export
@@ -118,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=float, default=20, help="larger uploads get 413 (default 20)")
+    serve.add_argument("--decodes", type=int, default=2, help="images decoded at once; bounds the server's memory (default 2)")
+    serve.add_argument("--timeout", type=float, default=10, metavar="SECONDS",
+                       help="a request waiting longer for a decode slot or the model gets 503 (default 10)")
+    serve.add_argument("--max-pixels", type=int, help="larger images get 413 (default: the model's limit)")
     serve.set_defaults(handler=cmd_serve)
 
     predict = commands.add_parser("predict", help="classify images with a run folder or a .tflite file")
@@ -142,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole workflow (data, train, export, predict) on the bundled sample")
     demo.add_argument("--data", dest="data_dir", help="a folder of class sub-folders (default: the bundled flower sample)")
-    _add_train_options(demo, epochs_default=20)
+    _add_train_options(demo)
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -154,14 +161,22 @@ def _add_split_options(parser):
         "--split", dest="split_method", choices=("keras", "stratified"), default="keras",
         help="'keras': the files image_dataset_from_directory picks (default); 'stratified': the same fraction of every class",
     )
+    parser.add_argument("--layout", choices=("auto", "split", "classes"), default="auto",
+                        help="'split': DIR holds train/ and val/ (or validation/), each with the class sub-folders; "
+                             "'classes': every sub-folder is a class, whatever its name (Keras's reading); "
+                             "'auto' (default): split when only train/, val/ and test/ sub-folders hold class folders, "
+                             "refused when the tree could be read both ways")
+    parser.add_argument("--follow-links", action="store_true", default=False,
+                        help="follow symlinked sub-folders inside class folders (each real folder once); "
+                             "by default they are named in a warning and left out, as Keras's default does")
 
 
-def _add_train_options(parser, epochs_default: int | None = None):
+def _add_train_options(parser):
     _add_split_options(parser)
     recipe = " (default: the model's recipe, see docs/TRAINING.md)"
-    parser.add_argument("--model", default=None, help="a name from `petal models` (default: petal-resnet)")
+    parser.add_argument("--model", default=None, help="a name from `petal models` (default: mobilenet-v2, pretrained; petal-resnet trains from scratch)")
     parser.add_argument("--train-seed", type=int, help="seed of weights, shuffling and augmentation (default: --seed); the split keeps --seed")
-    parser.add_argument("--epochs", type=int, default=epochs_default, help="epochs to train" + ("" if epochs_default else recipe))
+    parser.add_argument("--epochs", type=int, help="epochs to train (pretrained backbones: the head's, on cached embeddings)" + recipe)
     parser.add_argument("--batch-size", type=int, help="images per step" + recipe)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="model input size" + recipe)
     parser.add_argument("--train-image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
@@ -190,7 +205,7 @@ def _add_train_options(parser, epochs_default: int | None = None):
     parser.add_argument("--cache-dir", help="decode and embedding cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
     parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
     parallel = parser.add_argument_group("data-parallel training (docs/SCALE.md)")
-    parallel.add_argument("--workers", type=int, help="train on N Ray Train workers (MultiWorkerMirroredStrategy); needs petal[scale]")
+    parallel.add_argument("--workers", type=int, help="train on N Ray Train workers (MultiWorkerMirroredStrategy); needs petal-vision[scale]")
     parallel.add_argument("--address", help="the Ray cluster of --workers, e.g. 10.0.0.5:6379 (default: a local one on 127.0.0.1)")
     parallel.add_argument("--strategy", choices=("single", "mirrored"),
                           help="mirrored: every local GPU (MirroredStrategy), in this process (default single)")
@@ -198,17 +213,19 @@ def _add_train_options(parser, epochs_default: int | None = None):
                           help="with N replicas the peak learning rate is multiplied by N ('linear', default) or not")
     pretrained = parser.add_argument_group("pretrained backbones (mobilenet-*, efficientnet*: see `petal models`)")
     pretrained.add_argument("--weights", metavar="FILE",
-                            help="backbone weights file (default: Keras's ImageNet file in ~/.keras/models, downloaded when missing)")
+                            help="backbone weights file (default: Keras's ImageNet file in ~/.keras/models, downloaded when missing; "
+                                 "for mobilenet-v2, the copy shipped with petal when Keras has none)")
     pretrained.add_argument("--fine-tune-blocks", type=int, metavar="N",
-                            help="after the head (--epochs, on cached embeddings), also train the top N blocks (default 0: off)")
-    pretrained.add_argument("--fine-tune-epochs", type=int, help="epochs of fine-tuning (default 8)")
-    pretrained.add_argument("--fine-tune-learning-rate", type=float, help="peak learning rate of fine-tuning (default 3e-4)")
+                            help="after the head (--epochs, on cached embeddings), also train the top N blocks; 0: off (default: the model's recipe)")
+    pretrained.add_argument("--fine-tune-epochs", type=int, help="epochs of fine-tuning (default: the model's recipe)")
+    pretrained.add_argument("--fine-tune-learning-rate", type=float, help="peak learning rate of fine-tuning (default: the model's recipe)")
 
 
 def cmd_data(args) -> int:
     data = _import("petal.data", "petal data")
     doctor = _import("petal.doctor", "petal data")
-    split = data.load_split(args.data_dir, args.val_split, args.seed, args.split_method)
+    split = data.load_split(args.data_dir, args.val_split, args.seed, args.split_method, layout=args.layout,
+                            follow_links=args.follow_links)
     started = time.perf_counter()
     report = doctor.examine(split, max_pixels=args.max_pixels, progress=None if args.json else _progress_bar("examining"))
     seconds = time.perf_counter() - started
@@ -334,8 +351,11 @@ def cmd_report(args) -> int:
 def cmd_serve(args) -> int:
     serve = _import("petal.serve", "petal serve")
     uvicorn = _import("uvicorn", "petal serve")
+    if not 0 <= args.port <= 65535 or not args.max_upload_mb > 0:
+        raise PetalError(f"--port must be in 0..65535 and --max-upload-mb positive. Received: --port {args.port}, --max-upload-mb {args.max_upload_mb}")
     with native_log_silenced():
-        app = serve.create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+        app = serve.create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), decodes=args.decodes,
+                               timeout_s=args.timeout, max_pixels=args.max_pixels)
     print(f"Serving {args.model} on http://{args.host}:{args.port}/ (POST /predict with a file field 'image'); Ctrl-C stops")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -352,7 +372,7 @@ def cmd_predict(args) -> int:
             failed += 1
             continue
         print(result.sentence())
-        print("  top {}: {}".format(len(result.top), ", ".join(f"{name} {100 * p:.2f}%" for name, p in result.top)))
+        print("  " + result.top_line())
     if failed == len(args.images):
         return EXIT_ERROR
     return EXIT_PARTIAL if failed else 0

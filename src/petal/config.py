@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from petal.errors import ConfigError
+from petal.data import check_seed
 from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
 
 
@@ -41,6 +43,8 @@ class TrainConfig:
     val_split: float = 0.2
     seed: int = 123  # the split's seed, as image_dataset_from_directory's
     split_method: str = "keras"
+    layout: str = "auto"  # petal.data.load_split: "auto", "split" (train/ and val/ given) or "classes"
+    follow_links: bool = False  # follow symlinked sub-folders inside class folders (Keras's follow_links)
     train_seed: int | None = None  # weights, shuffling, augmentation; None: `seed`. Vary it to see the spread on one split
     optimizer: str = "adam"  # "adamw": decoupled weight decay
     learning_rate: float = 0.001  # the peak rate when a schedule warms up
@@ -101,13 +105,20 @@ class TrainConfig:
             size = getattr(self, name)
             if size is not None and (len(size) != 2 or min(size) < 8):
                 raise ConfigError(f"{name.replace('_', ' ')} must be two numbers (height width), each at least 8. Received: {name}={size}")
+        for name in ("val_split", "learning_rate", "weight_decay", "label_smoothing", "mixup", "cutmix", "fine_tune_learning_rate"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                raise ConfigError(f"{name} must be a finite number. Received: {name}={getattr(self, name)}")
+        if not 0.0 < self.val_split < 1.0:
+            raise ConfigError(f"validation split must be between 0 and 1. Received: val_split={self.val_split}")
+        for name in ("seed", "train_seed"):
+            check_seed(getattr(self, name), name)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         check_pixel_limit(self.max_pixels)
         for name, valid in (("class_weight", ("none", "auto")), ("optimizer", OPTIMIZERS), ("augmentation", tuple(AUGMENTATIONS)),
                             ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS), ("strategy", STRATEGIES),
-                            ("lr_scaling", ("linear", "none"))):
+                            ("lr_scaling", ("linear", "none")), ("layout", ("auto", "split", "classes"))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}. Received: {name}={getattr(self, name)!r}")
         if self.trains_at_another_size and self.augmentation not in CROPPING_AUGMENTATIONS:

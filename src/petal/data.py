@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 from petal import atomic
 from petal.errors import ConfigError, DataError
 from petal.image import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
 
 SPLIT_METHODS = ("keras", "stratified")
 EXPECTED_LAYOUT = "expected DIR/<class name>/<image files>, one sub-folder per class"
@@ -62,12 +65,37 @@ class Split:
 PART_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
 
-def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123, method: str = "keras") -> Split:
-    """The split of `root`: as given when it holds train/ and val/ (or validation/), else `split_folder`."""
-    parts = find_parts(root)
+LAYOUTS = ("auto", "split", "classes")
+
+
+def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123, method: str = "keras", *,
+               layout: str = "auto", follow_links: bool = False) -> Split:
+    """The split of `root`: as given when it holds train/ and val/ (or validation/), else `split_folder`.
+
+    `layout`: "classes" reads every sub-folder as a class (Keras's reading, whatever their names);
+    "split" requires train/ and val/ (or validation/), each holding the class sub-folders; "auto" reads
+    a tree whose only sub-folders are train/, val/ and test/, each holding only sub-folders, as split
+    (and says so), refuses a tree that could be read both ways, and reads anything else as classes.
+    `follow_links`: follow symlinked sub-folders inside class folders, as Keras's `follow_links=True`
+    (each real folder once); when False, as Keras's default, they are listed in a warning, not read.
+
+    Raises:
+        ConfigError: unknown `layout`, or `layout="split"` on a tree without train/ and val/.
+        DataError: an ambiguous tree under "auto", or a folder that cannot be used (see `index_folder`).
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}. Received: layout={layout!r}")
+    parts = find_parts(root) if layout != "classes" else None
+    if layout == "split" and parts is None:
+        raise ConfigError(f"{root}: --layout split needs train/ and val/ (or validation/) sub-folders")
+    if parts is not None and layout == "auto":
+        _check_unambiguous(Path(root), parts)
+        log.info("%s: read as already split (%s); --layout classes reads %s as classes", root,
+                 ", ".join(f"{name}/" for name in parts.values()), " and ".join(parts.values()))
     if parts is None:
-        return split_folder(index_folder(root), val_split, seed, method)
-    folders = {part: _rerooted(index_folder(Path(root) / name), Path(root), name) for part, name in parts.items()}
+        return split_folder(index_folder(root, follow_links=follow_links), val_split, seed, method)
+    folders = {part: _rerooted(index_folder(Path(root) / name, follow_links=follow_links), Path(root), name)
+               for part, name in parts.items()}
     names = {part: set(folder.class_names) for part, folder in folders.items()}
     for part in folders:
         if names[part] != names["train"]:
@@ -92,12 +120,25 @@ def find_parts(root: str | os.PathLike) -> dict[str, str] | None:
     return parts if "train" in parts and "validation" in parts else None
 
 
+def _check_unambiguous(root: Path, parts: dict[str, str]) -> None:
+    """A tree with train/ and val/ that also holds other sub-folders, or image files directly in a part
+    folder, reads one way as split and another as classes (Keras's reading): refuse to guess."""
+    others = sorted(e for e in os.listdir(root) if not e.startswith(".") and (root / e).is_dir() and e not in parts.values())
+    loose = [name for name in parts.values() if any(f.is_file() for f in (root / name).iterdir())]
+    if others or loose:
+        why = f"it also holds {', '.join(others)}" if others else f"{', '.join(loose)} also hold(s) files directly"
+        raise DataError(f"{root}: train/ and val/ may be split folders or classes named so ({why}): "
+                        "pass --layout split or --layout classes (Keras's reading)")
+
+
 def _rerooted(folder: ImageFolder, root: Path, part: str) -> ImageFolder:
     return ImageFolder(root, folder.class_names, tuple(f"{part}/{p}" for p in folder.paths), folder.labels)
 
 
-def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> ImageFolder:
-    """List the image files under `root`/<class>/ (recursively) in Keras's sorted walk order."""
+def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, *,
+                 follow_links: bool = False) -> ImageFolder:
+    """List the image files under `root`/<class>/ (recursively) in Keras's sorted walk order; symlinked
+    sub-folders inside class folders are followed only with `follow_links` (see `load_split`)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder ({EXPECTED_LAYOUT})")
@@ -107,18 +148,25 @@ def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EX
     paths: list[str] = []
     labels: list[int] = []
     empty: list[str] = []
+    unfollowed: list[str] = []
     for label, class_name in enumerate(class_names):
-        found = list(_walk_images(root / class_name, class_name, extensions))
+        found = list(_walk_images(root / class_name, class_name, extensions, follow_links, unfollowed))
         if not found:
             empty.append(class_name)
         paths += found
         labels += [label] * len(found)
+    if unfollowed:
+        log.warning("%s: %d symlinked folder(s) inside class folders not followed, as Keras's default: %s; "
+                    "--follow-links reads them", root, len(unfollowed), ", ".join(unfollowed))
     if not paths:
         loose = sum(1 for p in root.iterdir() if p.suffix.lower() in extensions)
         hint = f"; found {loose} image files directly in it" if loose else ""
         raise DataError(f"{root}: no images found in class sub-folders{hint} ({EXPECTED_LAYOUT})")
     if empty:
         raise DataError(f"{root}: class folder(s) with no images: {', '.join(empty)} ({EXPECTED_LAYOUT})")
+    broken = [name for name in class_names if "\n" in name]
+    if broken:  # labels.txt holds one class name per line
+        raise DataError(f"{root}: class folder names must not contain a line feed; rename {', '.join(map(repr, broken))}")
     if len(class_names) < 2:
         raise DataError(
             f"{root}: found only one class ({class_names[0]}); a classifier needs at least two ({EXPECTED_LAYOUT})"
@@ -134,6 +182,7 @@ def split_folder(folder: ImageFolder, val_split: float = 0.2, seed: int = 123, m
     """
     if not 0.0 < val_split < 1.0:
         raise ConfigError(f"validation split must be between 0 and 1. Received: val_split={val_split}")
+    check_seed(seed)
     if method not in SPLIT_METHODS:
         raise ConfigError(f"unknown split method; expected one of {', '.join(SPLIT_METHODS)}. Received: split={method!r}")
     n = len(folder)
@@ -158,13 +207,29 @@ def split_folder(folder: ImageFolder, val_split: float = 0.2, seed: int = 123, m
             f"{folder.root}: a validation split of {val_split} leaves {len(train_idx)} training and "
             f"{len(val_idx)} validation images out of {n}; use more images or another --val-split"
         )
-    return Split(folder.subset(train_idx), folder.subset(val_idx), method, val_split, seed)
+    split = Split(folder.subset(train_idx), folder.subset(val_idx), method, val_split, seed)
+    untrained = [name for name, n in split.train.counts().items() if not n]
+    if untrained:
+        raise DataError(
+            f"{folder.root}: with this split, class(es) {', '.join(untrained)} have no training images (all in validation); "
+            "add images, or use --split stratified or another --seed"
+        )
+    unvalidated = [name for name, n in split.validation.counts().items() if not n]
+    if unvalidated:
+        log.warning("class(es) %s have no validation images: their accuracy is not measured", ", ".join(unvalidated))
+    return split
+
+
+def check_seed(seed: int | None, name: str = "seed") -> None:
+    """Seeds are NumPy RandomState seeds: whole numbers in 0..2**32 - 1 (None: not set)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ConfigError(f"{name} must be a whole number in 0..{2**32 - 1}. Received: {name}={seed!r}")
 
 
 def write_file_list(target: str | os.PathLike, folder: ImageFolder) -> None:
     """Record which files a run used, with their class names, as CSV (path relative to the data root)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180: csv then quotes names holding \r or \n
     writer.writerow(["path", "class"])
     for path, label in zip(folder.paths, folder.labels):
         writer.writerow([path, folder.class_names[label]])
@@ -174,7 +239,7 @@ def write_file_list(target: str | os.PathLike, folder: ImageFolder) -> None:
 def read_file_list(source: str | os.PathLike, root: str | os.PathLike, class_names: tuple[str, ...]) -> ImageFolder:
     """Read a list written by `write_file_list` back, against the run's class names."""
     index = {name: i for i, name in enumerate(class_names)}
-    with open(source, newline="", encoding="utf-8") as f:
+    with open(source, newline="", encoding="utf-8", errors="surrogateescape") as f:  # as atomic.write_text wrote it
         rows = list(csv.DictReader(f))
     unknown = sorted({row["class"] for row in rows} - set(index))
     if unknown:
@@ -183,9 +248,23 @@ def read_file_list(source: str | os.PathLike, root: str | os.PathLike, class_nam
     return ImageFolder(Path(root), tuple(class_names), tuple(row["path"] for row in rows), labels)
 
 
-def _walk_images(class_dir: Path, class_name: str, extensions: tuple[str, ...]):
-    """Yield 'class/sub/file' paths in the order of Keras's `index_subdirectory`."""
-    for dirpath, _, files in sorted(os.walk(class_dir), key=lambda entry: entry[0]):
+def _walk_images(class_dir: Path, class_name: str, extensions: tuple[str, ...], follow_links: bool, unfollowed: list[str]):
+    """Yield 'class/sub/file' paths in the order of Keras's `index_subdirectory` (`os.walk` sorted by
+    folder). Following links, each real folder is read once, so a link back up the tree cannot loop.
+    Symlinked folders not followed are appended to `unfollowed`, relative to the data root."""
+    walked, seen = [], set()
+    for dirpath, dirnames, files in os.walk(class_dir, followlinks=follow_links):
+        dirnames.sort()  # which of two paths to one real folder is read: the first in sorted order
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
+        if not follow_links:
+            unfollowed += [os.path.join(class_name, os.path.relpath(os.path.join(dirpath, name), class_dir))
+                           for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+        walked.append((dirpath, files))
+    for dirpath, files in sorted(walked, key=lambda entry: entry[0]):
         for fname in sorted(files):
             if fname.lower().endswith(extensions):
                 yield os.path.join(class_name, os.path.relpath(os.path.join(dirpath, fname), class_dir))

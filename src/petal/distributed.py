@@ -23,7 +23,7 @@ from pathlib import Path
 
 from petal.config import TrainConfig
 from petal.errors import ConfigError, PetalError
-from petal.run import RunFolder
+from petal.run import RunFolder, load_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     split, start_epoch = single.plan_run(run, config, resume)
     with ray_cluster(address, dashboard=dashboard) as ray:
         check_workers(ray, config.workers)
-        if not resume:
+        if not start_epoch:
             single.write_run_start(run, config, split)
         single.write_parallelism(run, config, "multi-worker", config.workers)
         timings: dict[str, float] = {}
@@ -60,7 +60,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     if config.early_stopping:
         model = recorder.best_model()
     else:
-        model = keras.saving.load_model(run.checkpoint_dir / recorder.state()["model"], compile=False)
+        model = load_keras_model(run.checkpoint_dir / recorder.state()["model"])
     num_classes = len(split.train.class_names)
     return single.finish(run, config, model, num_classes, timings, skipped={})
 
@@ -135,7 +135,7 @@ def _worker_loop(settings: dict) -> None:
         resumed_from = single.RunRecorder(run).state()["model"] if start_epoch else None
         recorder = single.RunRecorder(run if chief else RunFolder(scratch.name), config.early_stopping)
         if start_epoch:
-            model = keras.saving.load_model(run.checkpoint_dir / resumed_from)
+            model = load_keras_model(run.checkpoint_dir / resumed_from, compile=True)
         else:
             model = single.build_classifier(config, num_classes).classifier
             single.compile_for_training(model, config, len(train_files), world, steps_per_epoch=steps)

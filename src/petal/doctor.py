@@ -1,6 +1,6 @@
 """`petal data DIR`: examine every file of an image folder and name, by path, what is wrong with it.
 
-Each file is opened through `petal.image.open_rgb`, the decoder training and prediction use, so a
+Each file is opened through `petal.image.load_rgb`, the decoder training and prediction use, so a
 file the doctor passes is a file training can read, and one it flags is one training leaves out.
 Exact duplicates are found by content hash, near duplicates (resized or re-encoded copies) by a
 64-bit difference hash; both are reported within a class, across classes and across the split.
@@ -9,7 +9,6 @@ Exact duplicates are found by content hash, near duplicates (resized or re-encod
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +20,20 @@ from PIL import Image
 
 from petal.data import Split
 from petal.errors import ImageError
-from petal.image import DEFAULT_MAX_PIXELS, FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS, check_pixel_limit, open_rgb
+from petal.image import (
+    DEFAULT_MAX_PIXELS, FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS, TRANSPOSE_OF_ORIENTATION, check_pixel_limit, identify, load_rgb,
+    open_regular,
+)
 
 MIN_SIDE = 32  # smaller images carry too little to learn from at any usual input size
+EXAMINE_SIZE = 64  # the doctor decodes at least this size (hashes and exposure need no more): cheap for big files
+DARK_LEVEL = 16  # brightest 1% below this (of 255): nearly black
+FLAT_SPREAD = 4  # 98% of pixels within this many levels: nearly one flat value
 
 # What each finding means; "error" files are left out of training, "warning" and "info" are used.
 KINDS = {
     "empty": ("error", "zero-byte file"),
+    "special-file": ("error", "not a regular file (FIFO, device, socket or folder): never read"),
     "unreadable": ("error", "cannot be read (permissions or I/O error)"),
     "not-an-image": ("error", "not an image (no known image format)"),
     "unsupported-format": ("error", "an image format petal does not read"),
@@ -36,6 +42,8 @@ KINDS = {
     "too-small": ("warning", f"smaller than {MIN_SIDE} pixels on a side"),
     "extension-mismatch": ("warning", "content does not match the file extension"),
     "hidden": ("warning", "hidden file (name starts with a dot)"),
+    "nearly-black": ("warning", "decodes nearly black: pixel values may use only part of their declared range"),
+    "near-constant": ("warning", "decodes to nearly one flat value"),
     "animated": ("info", "animated image: the first frame is used"),
     "rotated": ("info", "EXIF orientation tag: the image is turned upright"),
     "duplicate-within-class": ("info", "exact copy of another image of the same class"),
@@ -117,42 +125,55 @@ def examine(split: Split, *, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int 
 
 def _examine_file(root: Path, relative: str, max_pixels: int) -> FileFacts:
     facts = FileFacts(relative)
-    path = root / relative
     if Path(relative).name.startswith("."):
         facts.findings.append(Finding(relative, "hidden"))
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        facts.findings.append(Finding(relative, "unreadable", f"cannot read file ({exc.strerror})"))
-        return facts
-    if not data:
-        facts.findings.append(Finding(relative, "empty"))
-        return facts
-    facts.sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        probe = Image.open(io.BytesIO(data))
-    except Exception:
-        probe = None  # open_rgb below says why, with the decoder's own kind of failure
-    if probe is not None:
+        _examine_content(root / relative, facts, max_pixels)
+    except ImageError as exc:
+        facts.findings.append(Finding(relative, exc.kind, exc.reason))
+    except Exception as exc:  # whatever a hostile file provokes is a finding naming it, never a traceback
+        facts.findings.append(Finding(relative, "corrupt", f"cannot decode image ({type(exc).__name__}: {exc})"))
+    return facts
+
+
+def _examine_content(path: Path, facts: FileFacts, max_pixels: int) -> None:
+    """Hash, identify and decode one file through the decoder training uses; raises ImageError."""
+    relative = facts.path
+    with open_regular(path, relative) as fp:
+        digest = hashlib.file_digest(fp, "sha256")
+        if not fp.tell():
+            facts.findings.append(Finding(relative, "empty"))
+            return
+        facts.sha256 = digest.hexdigest()
+        fp.seek(0)
+        probe = identify(fp, relative)
         expected = FORMAT_OF_EXTENSION.get(path.suffix.lower())
         actual = "JPEG" if probe.format == "MPO" else probe.format
         if expected and actual != expected:
             facts.findings.append(Finding(relative, "extension-mismatch", f"{path.suffix} file holds {probe.format} data"))
         if getattr(probe, "n_frames", 1) > 1:
             facts.findings.append(Finding(relative, "animated", f"{probe.n_frames} frames"))
-        orientation = probe.getexif().get(0x0112, 1)
-        if orientation not in (1, None):
-            facts.findings.append(Finding(relative, "rotated", f"orientation {orientation}"))
-    try:
-        image = open_rgb(data, max_pixels=max_pixels)
-    except ImageError as exc:
-        facts.findings.append(Finding(relative, exc.kind, exc.reason))
-        return facts
-    facts.mode = probe.mode if probe is not None else None
-    if min(image.size) < MIN_SIDE:
-        facts.findings.append(Finding(relative, "too-small", f"{image.width}x{image.height}"))
+        mode, (width, height) = probe.mode, probe.size
+        image = load_rgb(probe, relative, draft_size=EXAMINE_SIZE, max_pixels=max_pixels)
+        orientation = probe.getexif().get(0x0112, 1)  # read after decoding: PNG keeps EXIF after the pixels
+    if orientation in TRANSPOSE_OF_ORIENTATION:
+        facts.findings.append(Finding(relative, "rotated", f"orientation {orientation}"))
+    facts.mode = mode
+    if min(width, height) < MIN_SIDE:
+        facts.findings.append(Finding(relative, "too-small", f"{width}x{height}"))
+    facts.findings += _exposure_findings(relative, image)
     facts.dhash = _difference_hash(image)
-    return facts
+
+
+def _exposure_findings(relative: str, image: Image.Image) -> list[Finding]:
+    """Nearly black (what 12-bit values in a 16-bit file look like) or nearly one flat value."""
+    low, high = np.percentile(np.asarray(image.convert("L")), [1, 99])
+    if high < DARK_LEVEL:
+        return [Finding(relative, "nearly-black", f"99% of pixels below {high:.0f}/255; if the file holds fewer bits than "
+                                                   "its format declares, rescale it to the full range")]
+    if high - low < FLAT_SPREAD:
+        return [Finding(relative, "near-constant", f"98% of pixels within {low:.0f}..{high:.0f}/255")]
+    return []
 
 
 def _difference_hash(image: Image.Image) -> int:

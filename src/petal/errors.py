@@ -13,7 +13,7 @@ class DataError(PetalError):
 
 class ImageError(PetalError):
     """One image file cannot be decoded; carries the path so messages name the file, and a `kind`
-    ("empty", "unreadable", "not-an-image", "unsupported-format", "too-large", "corrupt") so callers
+    ("empty", "unreadable", "special-file", "not-an-image", "unsupported-format", "too-large", "corrupt") so callers
     such as the data doctor can sort failures without parsing the message."""
 
     def __init__(self, path: str, reason: str, kind: str = "corrupt"):
@@ -40,9 +40,19 @@ class MissingDependencyError(PetalError):
 
     def __init__(self, feature: str, extra: str, module: str):
         super().__init__(
-            f"{feature} needs {module}, which is not installed: pip install 'petal[{extra}]'"
+            f"{feature} needs {module}, which is not installed: pip install 'petal-vision[{extra}]'"
         )
 
 
 class WeightsError(PetalError):
     """Pretrained weights are neither given, cached nor downloadable, or the file given does not fit."""
+
+
+class DiskFullError(PetalError):
+    """A file could not be written for lack of space (or over the file-size limit); names the file and
+    what is free, so the user can free space and run the same command again (with --resume for training)."""
+
+
+class ModelFileError(PetalError):
+    """A model file (`.keras` or `.tflite`) cannot be loaded, or what it says about itself (labels,
+    input size) disagrees with the model inside it; names the file."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data import ImageFolder, index_folder
-from petal.errors import DataError, RunFolderError
+from petal.errors import ConfigError, DataError, RunFolderError
 from petal.predict import PredictionError, Predictor
 from petal.report import build_report
 from petal.run import RunFolder
@@ -83,6 +83,8 @@ def evaluation_data(model_path: str | os.PathLike, data_dir: str | os.PathLike |
 
 
 def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mistakes: int = 16, batch_size: int = 32) -> Evaluation:
+    if top_k < 1 or mistakes < 0:
+        raise ConfigError(f"top_k must be at least 1 and mistakes at least 0. Received: top_k={top_k}, mistakes={mistakes}")
     predictor = Predictor.load(model_path)
     names = list(predictor.class_names)
     folder = evaluation_data(model_path, data_dir, names)
@@ -146,7 +148,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike, data_ro
 def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
     atomic.write_json(out / "metrics.json", asdict(evaluation))
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180: csv then quotes names holding \r or \n
     writer.writerow(["path", "true", "predicted", "confidence"])
     writer.writerows([m.path, m.true, m.predicted, f"{m.confidence:.4f}"] for m in evaluation.mistakes)
     atomic.write_text(out / "mistakes.csv", buffer.getvalue())
@@ -154,7 +156,7 @@ def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
     try:
         from petal import plots
     except ImportError:
-        log.info("matplotlib is not installed (pip install 'petal[train]'): no PNGs, only metrics.json and mistakes.csv")
+        log.info("matplotlib is not installed (pip install 'petal-vision[train]'): no PNGs, only metrics.json and mistakes.csv")
         return written
     plots.save_confusion(np.array(evaluation.confusion), evaluation.class_names, out / "confusion.png")
     plots.save_reliability(evaluation.reliability, evaluation.expected_calibration_error, out / "reliability.png")

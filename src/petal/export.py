@@ -32,7 +32,7 @@ from petal.errors import ExportError
 from petal.image import RESIZE_METHOD
 from petal.metadata import embed_metadata
 from petal.native_log import native_log_silenced
-from petal.predict import LiteRTRunner, softmax
+from petal.predict import LiteRTRunner, rank_classes, softmax
 from petal.report import build_report
 from petal.run import RunFolder
 from petal.train import decode_cache
@@ -182,9 +182,10 @@ def convert_variants(model, config: ExportConfig, calibration_images: np.ndarray
         lambda images: model(images, training=False),
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="image")],
     )
-    with tempfile.TemporaryDirectory(prefix="petal-export-") as saved_model:
-        archive.write_out(saved_model, verbose=False)
-        return {variant: _convert(saved_model, variant, config, calibration_images) for variant in config.variants}
+    atomic.remove_partials(tempfile.gettempdir(), recursive=False)  # what a killed export left there
+    with atomic.scratch_dir("petal-export") as saved_model:
+        archive.write_out(str(saved_model), verbose=False)
+        return {variant: _convert(str(saved_model), variant, config, calibration_images) for variant in config.variants}
 
 
 def _convert(saved_model: str, variant: str, config: ExportConfig, calibration_images: np.ndarray | None) -> bytes:
@@ -258,13 +259,16 @@ def compare_with_keras(model, files: dict[str, bytes], images: CachedRows, confi
         positions = np.arange(start, min(start + PARITY_BATCH, len(images)))
         batch = images.gather(positions).astype(np.float32)
         keras_logits = np.asarray(model(batch, training=False), dtype=np.float32)
-        keras_probs, keras_top = softmax(keras_logits), keras_logits.argmax(-1)
+        # Ranked as `petal evaluate` ranks the written file (petal.predict.rank_classes): ties count alike.
+        keras_probs = softmax(keras_logits)
+        keras_top = rank_classes(keras_probs)[:, 0]
         keras_right += int((keras_top == labels[positions]).sum())
         for variant, runner in runners.items():
             logits = runner(batch)
+            top = rank_classes(softmax(logits))[:, 0]
             s = stats[variant]
-            s["agree"] += int((logits.argmax(-1) == keras_top).sum())
-            s["right"] += int((logits.argmax(-1) == labels[positions]).sum())
+            s["agree"] += int((top == keras_top).sum())
+            s["right"] += int((top == labels[positions]).sum())
             s["logit"] = max(s["logit"], float(np.abs(logits - keras_logits).max()))
             s["prob"] = max(s["prob"], float(np.abs(softmax(logits) - keras_probs).max()))
     n = len(images)

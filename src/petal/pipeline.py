@@ -1,6 +1,6 @@
 """tf.data input pipelines over the decode cache: shuffle, batch, augment, prefetch.
 
-Images stay in their memory-mapped shards; only index arrays live in memory, so a folder of a
+Images stay in their shard files, read a batch at a time; only index arrays live in memory, so a folder of a
 million photos streams through the same code as flower_photos. The shuffle order of epoch `e` is a
 function of (seed, e) alone, so a resumed run sees the same batches as an uninterrupted one.
 """

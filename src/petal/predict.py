@@ -13,9 +13,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from petal.errors import ImageError, RunFolderError
-from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, ImageSource, decode_image
-from petal.metadata import read_metadata
+from petal.errors import ConfigError, ImageError, ModelFileError, RunFolderError
+from petal.image import DEFAULT_MAX_PIXELS, ImageSource, decode_image, open_regular
+from petal.metadata import check_metadata, read_metadata
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,25 @@ class Prediction:
     source: str
     label: str
     confidence: float  # probability of `label`, 0..1
-    top: list[tuple[str, float]]  # (class, probability), most likely first
+    top: list[tuple[str, float]]  # (class, probability), most likely first; ties in label order (`rank_classes`)
     probabilities: np.ndarray
+    tied: tuple[str, ...] = ()  # every class whose probability equals `confidence`, `label` first (int8 outputs tie often)
 
     def sentence(self) -> str:
-        """The tutorial's sentence: 'This image most likely belongs to X with a 98.02 percent confidence.'"""
+        """The tutorial's sentence: 'This image most likely belongs to X with a 98.02 percent confidence.'
+        A tie says so: 'X is a tie between daisy and tulips (27.09 percent each); reported as daisy, the first in label order.'"""
+        if len(self.tied) > 1:
+            names = ", ".join(self.tied[:-1]) + f" and {self.tied[-1]}"
+            return (f"{self.source} is a tie between {names} ({100 * self.confidence:.2f} percent each); "
+                    f"reported as {self.label}, the first in label order.")
         return f"{self.source} most likely belongs to {self.label} with a {100 * self.confidence:.2f} percent confidence."
+
+    def top_line(self) -> str:
+        """'top 3: daisy 27.09% = tulips 27.09%, roses 20.00%': tied neighbours are joined by '='."""
+        parts = [f"{self.top[0][0]} {100 * self.top[0][1]:.2f}%"]
+        for (_, previous), (name, p) in zip(self.top, self.top[1:]):
+            parts.append((" = " if p == previous else ", ") + f"{name} {100 * p:.2f}%")
+        return f"top {len(self.top)}: " + "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -60,14 +73,31 @@ class Predictor:
     def _from_tflite(cls, path: Path, num_threads: int | None) -> "Predictor":
         from ai_edge_litert.interpreter import Interpreter
 
-        meta = read_metadata(path)
+        try:
+            with open_regular(path) as f:
+                data = f.read()
+        except ImageError as exc:
+            raise ModelFileError(f"{path}: {exc.reason}") from None
+        meta = read_metadata(data, str(path))
         if meta is None:
             raise RunFolderError(f"{path}: this .tflite carries no petal metadata (labels, preprocessing); export it with `petal export`")
-        pre = meta["preprocessing"]
-        if pre["resize"] != RESIZE_METHOD:
-            raise RunFolderError(f"{path}: made for resize method {pre['resize']!r}; this petal decodes with {RESIZE_METHOD!r}")
-        runner = LiteRTRunner(Interpreter(model_path=str(path), num_threads=num_threads))
-        return cls(runner, meta["labels"], pre["image_size"], pre.get("max_pixels", DEFAULT_MAX_PIXELS), f"LiteRT {path.name}")
+        try:
+            interpreter = Interpreter(model_content=data, num_threads=num_threads)
+            inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        except Exception as exc:  # LiteRT's verifier refuses damaged flatbuffers with ValueError/RuntimeError
+            raise ModelFileError(f"{path}: LiteRT cannot load this model ({type(exc).__name__}: {_first_line(exc)})") from None
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelFileError(f"{path}: expected one input and one output tensor, found {len(inputs)} and {len(outputs)}")
+        # Checked before allocate_tensors: a file that claims a huge input never gets its memory.
+        info = check_metadata(meta, str(path), inputs[0]["shape"], outputs[0]["shape"])
+        for tensor in (inputs[0], outputs[0]):
+            if np.dtype(tensor["dtype"]).kind != "f" and not (np.isfinite(tensor["quantization"][0]) and tensor["quantization"][0] > 0):
+                raise ModelFileError(f"{path}: integer tensor {tensor['name']!r} has no positive quantization scale")
+        try:
+            runner = LiteRTRunner(interpreter)
+        except Exception as exc:
+            raise ModelFileError(f"{path}: LiteRT cannot prepare this model ({type(exc).__name__}: {_first_line(exc)})") from None
+        return cls(runner, info.labels, info.image_size, info.max_pixels, f"LiteRT {path.name}")
 
     @classmethod
     def _from_run_folder(cls, path: Path) -> "Predictor":
@@ -86,6 +116,8 @@ class Predictor:
 
     def predict(self, images: Iterable[ImageSource], top_k: int = 3, batch_size: int = 32) -> Iterator[Prediction | PredictionError]:
         """One result per image, in order; an image that cannot be decoded yields a `PredictionError`."""
+        if top_k < 1 or batch_size < 1:
+            raise ConfigError(f"top_k and batch_size must be at least 1. Received: top_k={top_k}, batch_size={batch_size}")
         pending: list[tuple[str, np.ndarray]] = []
         for source in images:
             name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<image>"
@@ -106,9 +138,10 @@ class Predictor:
             return
         probabilities = softmax(self.logits(np.stack([image for _, image in pending])))
         for (name, _), probs in zip(pending, probabilities):
-            order = np.argsort(probs)[::-1][:top_k]
-            top = [(self.class_names[i], float(probs[i])) for i in order]
-            yield Prediction(name, top[0][0], top[0][1], top, probs)
+            order = rank_classes(probs)
+            top = [(self.class_names[i], float(probs[i])) for i in order[:top_k]]
+            tied = tuple(self.class_names[i] for i in order if probs[i] == probs[order[0]])
+            yield Prediction(name, top[0][0], top[0][1], top, probs, tied)
 
 
 class LiteRTRunner:
@@ -149,6 +182,20 @@ def _dequantize(values: np.ndarray, tensor: dict) -> np.ndarray:
         return values.astype(np.float32)  # a copy: the interpreter reuses its buffer
     scale, zero_point = tensor["quantization"]
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def rank_classes(probabilities: np.ndarray) -> np.ndarray:
+    """Class indices from most to least likely along the last axis; equal values in label order.
+
+    The one tie rule of petal: `petal predict`, `evaluate`, `serve`, `predict-batch` and the export
+    gate all rank with it, and its first index is `np.argmax`'s (the first of the tied classes), as
+    in Keras's accuracy metrics. (..., classes) float -> (..., classes) int64.
+    """
+    return np.argsort(-np.asarray(probabilities), axis=-1, kind="stable")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -74,12 +74,12 @@ def _config_section(config: dict) -> str:
 
 
 def _data_section(run: RunFolder) -> str:
-    labels = [line for line in run.labels_path.read_text(encoding="utf-8").splitlines() if line]
+    labels = list(run.class_names())
     counts = {name: {} for name in labels}
     for subset in ("train", "validation", "test"):
         path = run / "split" / f"{subset}.csv"
         if path.exists():
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
                 for row in csv.DictReader(f):
                     counts[row["class"]][subset] = counts[row["class"]].get(subset, 0) + 1
     subsets = [s for s in ("train", "validation", "test") if any(s in c for c in counts.values())]
@@ -87,7 +87,7 @@ def _data_section(run: RunFolder) -> str:
     rows.append(("all", *[sum(counts[name].get(s, 0) for name in labels) for s in subsets]))
     skipped = ""
     if (run / "skipped.csv").exists():
-        with open(run / "skipped.csv", newline="", encoding="utf-8") as f:
+        with open(run / "skipped.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
             left_out = list(csv.DictReader(f))
         skipped = f"<p>{len(left_out)} files left out (could not be decoded):</p>" + _table(
             ["file", "reason"], [(r["path"], r["reason"]) for r in left_out[:50]])

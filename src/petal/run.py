@@ -21,17 +21,28 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import zipfile
 from pathlib import Path
 
+from petal import atomic
 from petal.config import TrainConfig
 from petal.data import ImageFolder, read_file_list
-from petal.errors import RunFolderError
+from petal.errors import ModelFileError, RunFolderError
+
+log = logging.getLogger(__name__)
 
 
 class RunFolder:
     def __init__(self, path: str | os.PathLike):
+        """Open a run folder (it need not exist yet). Every command opens its run folder through here, so
+        the scratch files a killed command left in it (petal.atomic) are removed first."""
         self.path = Path(path)
+        removed = atomic.remove_partials(self.path)
+        if removed:
+            log.info("%s: removed %d unfinished file(s) a killed petal command left: %s", self.path, len(removed),
+                     ", ".join(str(p.relative_to(self.path)) for p in removed))
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -56,7 +67,9 @@ class RunFolder:
 
     def class_names(self) -> tuple[str, ...]:
         self.require("labels.txt")
-        return tuple(line for line in self.labels_path.read_text(encoding="utf-8").splitlines() if line)
+        # Split on "\n" only: str.splitlines() would also cut names at \r, \x85 or \u2028, which folder names may hold.
+        text = self.labels_path.read_bytes().decode("utf-8", "surrogateescape")
+        return tuple(line for line in text.split("\n") if line)
 
     def split(self, subset: str) -> ImageFolder:
         """The run's 'train' or 'validation' file list, against the data folder it was trained on."""
@@ -74,8 +87,27 @@ class RunFolder:
 
     def load_model(self):
         self.require("model.keras")
-        import keras
+        return load_keras_model(self.model_path)
 
-        import petal.models  # noqa: F401  (registers petal's own Keras layers, which model.keras may hold)
 
-        return keras.saving.load_model(self.model_path, compile=False)
+def load_keras_model(path: str | os.PathLike, *, compile: bool = False):
+    """The Keras model in the `.keras` file `path`, loaded in Keras's safe mode (code inside the file,
+    such as a Lambda layer's, is refused, never run).
+
+    Raises `ModelFileError` naming the file when Keras cannot load it (missing, truncated, another
+    format renamed, a Lambda layer refused by safe mode), instead of Keras's own traceback.
+    """
+    import keras
+
+    import petal.models  # noqa: F401  (registers petal's own Keras layers, which the file may hold)
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
+        raise ModelFileError(f"{path}: not a Keras .keras archive (truncated, or another format renamed .keras)")
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, KeyError, OSError, ... depending on what is wrong inside
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelFileError(f"{path}: Keras cannot load this model ({type(exc).__name__}: {first_line})") from None

@@ -2,37 +2,79 @@
 
 Runs on the light runtime: a `.tflite` is served by LiteRT without TensorFlow (a run folder works
 too, through Keras). Uploads go through `petal.image.decode_image`, the function training used.
-One interpreter serves every request, one at a time (LiteRT interpreters are not thread-safe);
-decoding and inference run in Starlette's thread pool, so the event loop keeps accepting requests.
+
+What one request may cost is bounded, so one odd upload cannot starve the others:
+- bytes: the body is counted while it streams in and refused (413) past the limit, chunked or not;
+- memory: at most `decodes` images are decoded at once, in worker threads, each within the model's
+  pixel limit (about 9 bytes per pixel at worst, `petal.image.open_rgb`); a larger image gets 413;
+- time: a request that waits longer than `timeout_s` for a decode slot or for the model gets 503.
+One interpreter serves every request, one call at a time (LiteRT interpreters are not thread-safe),
+while other requests decode. Every error is JSON, `{"error": message}`; docs/SERVE.md describes the
+API and the app serves its OpenAPI schema at /openapi.json.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import os
-import threading
 
+import anyio
+import anyio.to_thread
+from PIL import Image
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from petal.predict import PredictionError, Predictor
+from petal.errors import ConfigError, ImageError
+from petal.image import decode_image
+from petal.predict import Predictor
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_DECODES = 2  # images decoded at once: each may hold ~9 bytes x the model's pixel limit while decoding
+DEFAULT_TIMEOUT_S = 10.0  # longest wait for a decode slot and the model before a 503
+MULTIPART_OVERHEAD = 64 * 1024  # part headers and boundaries allowed on top of the file itself
 
 
-def create_app(model_path: str | os.PathLike, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, top_k: int = 3) -> Starlette:
+class UploadTooLarge(Exception):
+    """The request body grew past the upload limit while it was being read."""
+
+
+def create_app(
+    model_path: str | os.PathLike,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    top_k: int = 3,
+    *,
+    decodes: int = DEFAULT_DECODES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_pixels: int | None = None,
+) -> Starlette:
+    """The app `petal serve` runs: GET / (the page), POST /predict, GET /openapi.json (docs/SERVE.md).
+
+    `max_pixels` defaults to the model's own limit (the one training used)."""
+    if not max_upload_bytes >= 1 or top_k < 1 or decodes < 1 or not timeout_s > 0 or (max_pixels is not None and max_pixels < 1):
+        raise ConfigError(
+            "the upload limit, timeout and pixel limit must be positive, top_k and decodes at least 1. "
+            f"Received: {max_upload_bytes=}, {top_k=}, {decodes=}, {timeout_s=}, {max_pixels=}"
+        )
     predictor = Predictor.load(model_path)
-    lock = threading.Lock()
+    pixel_limit = max_pixels or predictor.max_pixels
+    decode_slots = anyio.CapacityLimiter(decodes)
+    model_slot = anyio.CapacityLimiter(1)  # one interpreter, one call at a time
     limit_text = f"{max_upload_bytes / 1024 / 1024:.0f} MB"
+    k = min(top_k, len(predictor.class_names))
 
-    def predict_bytes(data: bytes):
-        with lock:
-            return next(iter(predictor.predict([data], top_k=min(top_k, len(predictor.class_names)))))
+    def decode(data: bytes):
+        return decode_image(data, predictor.image_size, max_pixels=pixel_limit)
+
+    def infer(image):  # already decoded at the model's size: Predictor's own decode of it is a copy
+        return next(iter(predictor.predict([Image.fromarray(image)], top_k=k)))
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE.replace("{{title}}", html.escape(predictor.description))
@@ -40,34 +82,119 @@ def create_app(model_path: str | os.PathLike, max_upload_bytes: int = DEFAULT_MA
                             .replace("{{limit}}", limit_text))
 
     async def predict(request: Request) -> JSONResponse:
+        too_large = _error(413, f"upload is larger than the limit of {limit_text}")
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes + 64 * 1024:
-            return _error(413, f"upload is larger than the limit of {limit_text}")
-        try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=max_upload_bytes)
-        except MultiPartException as exc:
-            return _error(413 if "maximum size" in str(exc) else 400, f"bad upload: {exc}")
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
+            return too_large
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             return _error(400, "send the photo as a multipart/form-data file field named 'image'")
-        data = await upload.read()
-        if len(data) > max_upload_bytes:
-            return _error(413, f"upload is larger than the limit of {limit_text}")
-        result = await run_in_threadpool(predict_bytes, data)
-        if isinstance(result, PredictionError):
-            return _error(415, f"{upload.filename or 'upload'}: {result.reason}")
+        try:
+            form = await MultiPartParser(request.headers, _limited(request.stream(), max_upload_bytes + MULTIPART_OVERHEAD),
+                                         max_files=1, max_fields=8, max_part_size=64 * 1024).parse()
+        except UploadTooLarge:
+            return too_large
+        except MultiPartException as exc:
+            return _error(413 if "maximum size" in exc.message else 400, f"bad upload: {exc.message}")
+        except ClientDisconnect:
+            return _error(400, "the client closed the connection during the upload")
+        try:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                return _error(400, "send the photo as a multipart/form-data file field named 'image'")
+            if upload.size is not None and upload.size > max_upload_bytes:
+                return too_large
+            data = await upload.read()
+        finally:
+            await form.close()
+        try:
+            with anyio.fail_after(timeout_s):  # waits for a slot are cut short; a decode or call that started finishes
+                image = await anyio.to_thread.run_sync(decode, data, limiter=decode_slots)
+                del data
+                result = await anyio.to_thread.run_sync(infer, image, limiter=model_slot)
+        except TimeoutError:
+            return _error(503, f"the server is busy: no decode slot or model call within {timeout_s:g} s; try again",
+                          headers={"Retry-After": "1"})
+        except ImageError as exc:
+            return _error(413 if exc.kind == "too-large" else 415, f"{upload.filename or 'upload'}: {exc.reason}")
         return JSONResponse({
             "label": result.label,
             "confidence": result.confidence,
             "top": [{"label": name, "probability": p} for name, p in result.top],
+            "tied": list(result.tied),
             "model": predictor.description,
         })
 
-    return Starlette(routes=[Route("/", page), Route("/predict", predict, methods=["POST"])])
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_schema(predictor.class_names, max_upload_bytes))
+
+    return Starlette(
+        routes=[Route("/", page), Route("/predict", predict, methods=["POST"]), Route("/openapi.json", openapi)],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+async def _limited(stream, limit: int):
+    """`stream`'s chunks, raising UploadTooLarge as soon as more than `limit` bytes have arrived."""
+    received = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > limit:
+            raise UploadTooLarge
+        yield chunk
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (404, 405, ...) as JSON too."""
+    message = f"{exc.detail}: {request.method} {request.url.path}; the API is POST /predict (GET /openapi.json describes it)"
+    return _error(exc.status_code, message, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("petal serve: %s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def openapi_schema(class_names, max_upload_bytes: int) -> dict:
+    """The OpenAPI 3.1 description of POST /predict that GET /openapi.json returns (docs/SERVE.md)."""
+    error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    errors = {
+        "400": "not a multipart/form-data upload with a file field named 'image', or malformed multipart",
+        "413": f"the upload is over {max_upload_bytes} bytes, or the image has more pixels than the model's limit",
+        "415": "the file is not an image petal can decode (the message names the file and why)",
+        "503": "the server is busy: no decode slot or model call within the time budget; retry (Retry-After)",
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "petal serve", "version": "1", "description": "Classify one photo with a petal model."},
+        "paths": {"/predict": {"post": {
+            "summary": "Classify one photo",
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary",
+                                         "description": "JPEG, PNG, GIF, BMP, WebP or TIFF"}}}}}},
+            "responses": {
+                "200": {"description": "the most likely classes", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Prediction"}}}},
+                **{status: {**error, "description": text} for status, text in errors.items()},
+            },
+        }}},
+        "components": {"schemas": {
+            "Prediction": {"type": "object", "required": ["label", "confidence", "top", "tied", "model"], "properties": {
+                "label": {"type": "string", "enum": list(class_names)},
+                "confidence": {"type": "number", "description": "probability of label, 0..1"},
+                "top": {"type": "array", "description": "most likely first; ties in label order", "items": {
+                    "type": "object", "properties": {"label": {"type": "string"}, "probability": {"type": "number"}}}},
+                "tied": {"type": "array", "items": {"type": "string"},
+                         "description": "every class whose probability equals confidence (more than one: a tie)"},
+                "model": {"type": "string", "description": "which model answered"},
+            }},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        }},
+    }
 
 
 PAGE = """<!doctype html><html lang=en><head><meta charset=utf-8>
@@ -107,7 +234,9 @@ async function send(file) {
     if (!response.ok) { result.textContent = ''; error.textContent = answer.error; return; }
     result.innerHTML = '';
     const headline = document.createElement('p'); headline.id = 'headline';
-    headline.textContent = `Most likely ${answer.label}, ${(100 * answer.confidence).toFixed(2)} percent confidence.`;
+    headline.textContent = answer.tied.length > 1
+      ? `A tie between ${answer.tied.join(', ')} at ${(100 * answer.confidence).toFixed(2)} percent each; reported as ${answer.label}.`
+      : `Most likely ${answer.label}, ${(100 * answer.confidence).toFixed(2)} percent confidence.`;
     result.appendChild(headline);
     for (const t of answer.top) {
       const row = document.createElement('div'); row.className = 'row';

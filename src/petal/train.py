@@ -37,7 +37,7 @@ from petal.pipeline import make_dataset
 from petal.plots import save_curves, save_image_grid
 from petal.precision import resolve_precision
 from petal.report import build_report
-from petal.run import RunFolder
+from petal.run import RunFolder, load_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class TrainResult:
 
 
 def make_split(config: TrainConfig) -> Split:
-    return load_split(config.data_dir, config.val_split, config.seed, config.split_method)
+    return load_split(config.data_dir, config.val_split, config.seed, config.split_method, layout=config.layout,
+                      follow_links=config.follow_links)
 
 
 def decode_cache(config: TrainConfig) -> DecodeCache:
@@ -95,7 +96,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         # Built before anything is written: pretrained weights that cannot be had stop the run here.
         spec = None if start_epoch else build_classifier(config, num_classes)
-        if not resume:
+        if not start_epoch:
             write_run_start(run, config, split)
         write_parallelism(run, config, config.strategy, replicas)
         with timed(timings, "decode"):
@@ -111,7 +112,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
             _write_previews(run, data.train, class_names, augment)
         recorder = RunRecorder(run, config.early_stopping)
         if start_epoch:
-            model = keras.saving.load_model(run.checkpoint_dir / recorder.state()["model"])
+            model = load_keras_model(run.checkpoint_dir / recorder.state()["model"], compile=True)
             log.info("resuming %s after epoch %d of %d", run.path, start_epoch, config.total_epochs)
         else:
             model = spec.classifier
@@ -348,15 +349,23 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {c: float(len(labels) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
+# Settings that change where files go, not what is trained: a resumed run may give other values.
+RESULT_NEUTRAL_SETTINGS = ("cache_dir",)
+
+
 def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int]:
     """Resume: check the saved config, read the recorded split and the epochs done. Fresh start: check the
-    folder is free and make the split. Writes nothing."""
+    folder is free and make the split. Writes nothing. A run killed (or out of disk space) before its first
+    epoch was recorded is started again by --resume, whatever of its start it had written."""
     if resume:
         saved = run.config().to_dict()
         given = config.to_dict()
-        if saved != given:
-            changed = {k: (v, given[k]) for k, v in saved.items() if given[k] != v}
+        changed = {k: (v, given[k]) for k, v in saved.items() if given[k] != v and k not in RESULT_NEUTRAL_SETTINGS}
+        if changed:
             raise RunFolderError(f"{run.path}: cannot resume with different settings (saved, given): {changed}")
+        if not (run.checkpoint_dir / "state.json").exists():
+            log.info("%s: no epoch had been recorded; starting the run again", run.path)
+            return make_split(config), 0
         split = Split(run.split("train"), run.split("validation"), "recorded", config.val_split, config.seed)
         return split, RunRecorder(run).state()["epochs_done"]
     if run.path.exists() and any(run.path.iterdir()):
@@ -392,7 +401,7 @@ class RunRecorder(keras.callbacks.Callback):
     def best_model(self) -> keras.Model:
         best = self.state()
         log.info("keeping the weights of epoch %d (val accuracy %.4f)", best["best_epoch"], best["best_val_accuracy"])
-        return keras.saving.load_model(self.run.checkpoint_dir / "best.keras", compile=False)
+        return load_keras_model(self.run.checkpoint_dir / "best.keras")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -441,7 +450,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _write_skipped(run: RunFolder, skipped: dict[str, str]) -> None:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180: csv then quotes names holding \r or \n
     writer.writerow(["path", "reason"])
     writer.writerows(sorted(skipped.items()))
     atomic.write_text(run / "skipped.csv", buffer.getvalue())

@@ -3,6 +3,6 @@
 from petal.models._registry import ModelEntry, ModelSpec, create_model, get_model_entry, list_models, register_model
 from petal.models import backbones, resnet, test_time_flip, tutorial  # noqa: F401  (registering their models and layers)
 
-DEFAULT_MODEL = "petal-resnet"
+DEFAULT_MODEL = "mobilenet-v2"
 
 __all__ = ["DEFAULT_MODEL", "ModelEntry", "ModelSpec", "create_model", "get_model_entry", "list_models", "register_model"]

@@ -3,7 +3,10 @@
 Every classifier takes 0..255 images like any petal model: the backbone's own preprocessing is a layer
 inside it (or inside the Keras application), so training, evaluation, export and prediction cannot
 disagree on it. Weights come the standard Keras way: "imagenet" makes Keras use
-~/.keras/models/<file> (downloading it there when missing), a path uses that file. Training
+~/.keras/models/<file> (downloading it there when missing), a path uses that file. MobileNetV2 1.0, the
+default model's backbone, also ships inside the package (petal/models/weights, provenance and licence
+beside it): "imagenet" takes Keras's cached file when there is one, else the shipped copy, so the
+default never needs a download. Training
 (petal.train) first fits the head on cached embeddings with the backbone frozen, then optionally
 fine-tunes the top blocks; `block_pattern` tells which layers make up a block.
 """
@@ -11,6 +14,7 @@ fine-tunes the top blocks; `block_pattern` tells which layers make up a block.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -40,18 +44,67 @@ RECIPE = {
     "precision": "float32",
 }
 
+# The default model's recipe (docs/TRAINING.md, benchmarks/default_recipe.py): the head on cached
+# embeddings, then the top blocks fine-tuned on augmented images with batch norm frozen.
+DEFAULT_RECIPE = {
+    **RECIPE,
+    "fine_tune_blocks": 8,
+    "fine_tune_epochs": 8,
+    "fine_tune_learning_rate": 3e-4,
+}
+
 MINUS_ONE_TO_ONE = "x / 127.5 - 1, inside the model"
 KERAS_OWN = "the Keras application's own (Rescaling/Normalization layers), inside the model"
+
+
+# Files shipped in petal/models/weights, by name, with the sha256 their README records.
+SHIPPED_WEIGHTS = {
+    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5":
+        "71e4c4ec4aa24c9c951b9265d6de42e1336dcf614c2214fa6a989208615e232c",
+}
+SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def keras_weights_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
 
 
-def _backbone_builder(application, rescale: bool, **options):
+def shipped_weights(file_name: str) -> Path:
+    """The package's copy of `file_name`, once its sha256 matches the recorded one.
+
+    Raises:
+        WeightsError: the file is missing from the installed package or its contents differ.
+    """
+    path = SHIPPED_WEIGHTS_DIR / file_name
+    if not path.is_file():
+        raise WeightsError(f"{path}: the shipped weights file is missing from this petal install; reinstall petal or pass --weights FILE")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHIPPED_WEIGHTS[file_name]:
+        raise WeightsError(f"{path}: sha256 {digest} is not the shipped file's {SHIPPED_WEIGHTS[file_name]}; reinstall petal or pass --weights FILE")
+    return path
+
+
+def mobilenet_v2_weights_file(image_size: tuple[int, int], alpha: float = 1.0) -> str:
+    """The file name Keras's MobileNetV2(weights="imagenet") looks for in ~/.keras/models at this input
+    size (keras/src/applications/mobilenet_v2.py: sizes 96-224 have their own file, others take 224's)."""
+    rows = image_size[0] if image_size[0] == image_size[1] and image_size[0] in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+
+
+def resolve_weights(weights: str | None, keras_file: str, shipped_file: str) -> str | None:
+    """The precedence for a backbone that ships its weights: a file the user gave (or None), then
+    "imagenet" when Keras has its own file `keras_file` cached, then the shipped copy `shipped_file`."""
+    if weights != "imagenet" or (keras_weights_dir() / keras_file).is_file():
+        return weights
+    return str(shipped_weights(shipped_file))
+
+
+def _backbone_builder(application, rescale: bool, shipped_file: str | None = None, keras_file=None, **options):
     def build(num_classes: int, image_size: tuple[int, int], weights: str | None) -> ModelSpec:
         images = keras.Input((*image_size, 3), name="image")
         x = layers.Rescaling(1 / 127.5, offset=-1, name="preprocessing")(images) if rescale else images
+        if shipped_file:
+            weights = resolve_weights(weights, keras_file(image_size), shipped_file)
         backbone = load_backbone(application, image_size, weights, **options)
         backbone.trainable = False
         embeddings = backbone(x)
@@ -91,14 +144,15 @@ def load_backbone(application, image_size: tuple[int, int], weights: str | None,
     return backbone
 
 
-def _register(name: str, description: str, application, rescale: bool, block_pattern: str, **options):
+def _register(name: str, description: str, application, rescale: bool, block_pattern: str, recipe: dict = RECIPE,
+              shipped_file: str | None = None, keras_file=None, **options):
     register_model(
         name,
         description,
-        recipe=RECIPE,
+        recipe=recipe,
         preprocessing=MINUS_ONE_TO_ONE if rescale else KERAS_OWN,
         block_pattern=block_pattern,
-    )(_backbone_builder(application, rescale, **options))
+    )(_backbone_builder(application, rescale, shipped_file, keras_file, **options))
 
 
 for _alpha in ("0.25", "0.5", "0.75", "1.0"):
@@ -110,8 +164,9 @@ for _alpha in ("0.25", "0.5", "0.75", "1.0"):
         block_pattern=r"^conv_(?:dw|pw|pad)_(?P<block>\d+)(?:_|$)",
         alpha=float(_alpha),
     )
-_register("mobilenet-v2", "pretrained MobileNetV2 (ImageNet; MediaPipe Model Maker's mobilenet_v2)",
-          keras.applications.MobileNetV2, rescale=True, block_pattern=r"^(?P<block>block_\d+|expanded_conv)_")
+_register("mobilenet-v2", "pretrained MobileNetV2 1.0 (ImageNet, weights shipped with petal), fine-tuned: the default",
+          keras.applications.MobileNetV2, rescale=True, block_pattern=r"^(?P<block>block_\d+|expanded_conv)_",
+          recipe=DEFAULT_RECIPE, shipped_file=mobilenet_v2_weights_file((224, 224)), keras_file=mobilenet_v2_weights_file)
 _register("mobilenet-v3-small", "pretrained MobileNetV3Small (ImageNet)", keras.applications.MobileNetV3Small,
           rescale=False, block_pattern=r"^(?P<block>expanded_conv(?:_\d+)?)_")
 _register("mobilenet-v3-large", "pretrained MobileNetV3Large (ImageNet)", keras.applications.MobileNetV3Large,

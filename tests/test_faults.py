@@ -1,0 +1,157 @@
+"""Kills and full disks at petal's own write points: every state they leave is resumable or cleanly
+restartable by the command the message names, and no half-written file is left looking real."""
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PETAL, make_folder
+from petal import atomic
+from petal.cache import DecodeCache
+from petal.config import TrainConfig
+from petal.data import load_split
+from petal.run import RunFolder
+from petal.train import plan_run
+
+TINY = ["--model", "tutorial", "--epochs", "2", "--image-size", "16", "16", "--batch-size", "8"]
+
+# Runs the CLI in a new process that SIGKILLs itself just before petal renames its Nth file whose name
+# matches the pattern into place: a kill at one of the code's own atomic write points.
+KILL_AT_WRITE = textwrap.dedent("""
+    import fnmatch, os, signal, sys
+    from pathlib import Path
+    pattern, count = sys.argv[1], int(sys.argv[2])
+    real_replace, seen = os.replace, [0]
+    def replace(src, dst, *args, **kwargs):
+        if fnmatch.fnmatch(Path(dst).name, pattern):
+            seen[0] += 1
+            if seen[0] == count:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst, *args, **kwargs)
+    os.replace = replace
+    from petal.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def killed_at_write(pattern: str, args: list, env=None, count: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", KILL_AT_WRITE, pattern, str(count), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def petal(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([PETAL, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def leftovers(*folders: Path) -> list[Path]:
+    return [p for folder in folders for p in folder.rglob(f"*{atomic.PARTIAL_SUFFIX}")]
+
+
+@pytest.mark.parametrize("write_point", [
+    pytest.param("config.json", marks=pytest.mark.slow), "train.csv",
+    pytest.param("shard-*.json", marks=pytest.mark.slow), "epoch-0001.keras",
+])
+def test_a_train_killed_at_a_write_point_resumes_with_the_command_its_message_names(tmp_path, write_point):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    run = tmp_path / "run"
+    command = ["train", data, *TINY, "--out", run]
+    killed = killed_at_write(write_point, command)
+    assert killed.returncode == -9, killed.stderr[-800:]
+    again = petal(*command)
+    if again.returncode:  # the message names --resume, and --resume must work
+        assert again.returncode == 2 and "pass --resume to continue it" in again.stderr, again.stderr[-800:]
+        again = petal(*command, "--resume")
+    assert again.returncode == 0, again.stderr[-800:]
+    assert [row.split(",")[0] for row in (run / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
+    assert not leftovers(run, tmp_path / "photos")
+
+
+def test_resume_may_move_the_cache_but_not_change_what_is_trained(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=4)
+    config = TrainConfig(str(data), "tutorial", epochs=2, image_size=(16, 16), cache_dir=str(tmp_path / "a"))
+    run = RunFolder(tmp_path / "run")
+    atomic.write_json(run.config_path, config.to_dict())
+    moved = TrainConfig.from_dict({**config.to_dict(), "cache_dir": str(tmp_path / "b")})
+    split, start_epoch = plan_run(run, moved, resume=True)  # no epoch recorded yet: starts again
+    assert start_epoch == 0 and len(split.train.paths) + len(split.validation.paths) == 12
+    with pytest.raises(Exception, match="cannot resume with different settings.*epochs"):
+        plan_run(run, TrainConfig.from_dict({**config.to_dict(), "epochs": 3}), resume=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_resume_then_finishes(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    run = tmp_path / "run"
+    command = [PETAL, "train", data, *TINY, "--out", run, "--cache-dir", tmp_path / "cache"]
+
+    def small_files():  # ulimit -f: writes past 2 kB fail with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    full = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert full.returncode == 2, full.stderr[-800:]
+    [line] = [line for line in full.stderr.splitlines() if line.startswith("petal: error")]
+    assert re.search(r"cannot be written \((File too large|short write: .*)\); [\d,]+ MB free there", line), line
+    assert "Traceback" not in full.stderr
+    again = petal(*command[1:], "--resume")
+    assert again.returncode == 0, again.stderr[-800:]
+    assert not leftovers(run, tmp_path / "cache")
+
+
+def test_the_decode_cache_refuses_before_writing_when_the_disk_cannot_hold_it(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "photos", per_class=2)
+    folder = load_split(str(data), 0.5, 1).train
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    with pytest.raises(Exception, match=r"decode cache needs 0 MB for 3 images and 0 MB are free; .*--resume"):
+        DecodeCache(tmp_path / "cache", (16, 16)).load(folder)
+    assert not any((tmp_path / "cache").rglob("shard-*"))
+
+
+def test_a_decode_cache_killed_mid_shard_gives_the_same_pixels_and_leaves_nothing(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    env = {**os.environ, "PETAL_CACHE_DIR": str(tmp_path / "killed")}
+    killed = killed_at_write("shard-*.json", ["train", data, *TINY, "--out", tmp_path / "r1"], env=env)
+    assert killed.returncode == -9
+    assert list((tmp_path / "killed").rglob("shard-*.npy")), "the kill fell between the shard's array and its index"
+    folder = load_split(str(data), 0.2, 123).train
+    resumed = DecodeCache(tmp_path / "killed", (16, 16)).load(folder)
+    clean = DecodeCache(tmp_path / "clean", (16, 16)).load(folder)
+    np.testing.assert_array_equal(resumed.gather(np.arange(len(resumed))), clean.gather(np.arange(len(clean))))
+    shards = list((tmp_path / "killed").rglob("shard-*.npy"))
+    assert all(shard.with_suffix(".json").exists() for shard in shards), "the killed writer's array is gone"
+    assert not leftovers(tmp_path / "killed")
+
+
+def test_an_export_killed_while_writing_leaves_no_half_file_in_the_run_or_the_temporary_folder(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    run = tmp_path / "run"
+    assert petal("train", data, *TINY, "--out", run).returncode == 0
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    killed = killed_at_write("model-float32.tflite", ["export", run, "--quantize", "float32"], env=env)
+    assert killed.returncode == -9
+    assert not list((run / "export").glob("*.tflite")) if (run / "export").exists() else True
+    again = petal("export", run, "--quantize", "float32", env=env)
+    assert again.returncode == 0, again.stderr[-800:]
+    assert [p.name for p in (run / "export").glob("*.tflite")] == ["model-float32.tflite"]
+    assert not leftovers(run) and not list(tmp.iterdir())
+
+
+def test_scratch_files_never_match_the_real_suffix_and_only_dead_writers_lose_them(tmp_path):
+    with atomic.atomic_path(tmp_path / "model.tflite") as tmp:
+        tmp.write_bytes(b"half")
+        assert not list(tmp_path.glob("*.tflite")) and tmp.name == "model.tflite"
+        assert atomic.remove_partials(tmp_path) == []  # this process is alive: its scratch stays
+    assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / "sub" / f".model.keras.{atomic.owner_tag().rsplit('-', 2)[0]}-{gone.stdout.strip()}-x1y2.partial"
+    dead.mkdir(parents=True)
+    (dead / "model.keras").write_bytes(b"half")
+    assert atomic.remove_partials(tmp_path) == [dead] and not dead.exists()
