@@ -16,7 +16,8 @@ REQUIRE_PYTHON = $(if $(PYTHON),,$(error petal needs Python 3.11, 3.12 or 3.13 a
 # An existing venv on a supported Python is kept (and updated when pyproject.toml changes); one on another is refused.
 REQUIRE_VENV = $(if $(call is_supported,$(BIN)/python),,$(error $(VENV) is not on Python 3.11, 3.12 or 3.13: remove it (rm -r $(VENV)) and run make again))
 # PYTHON given on the command line but the venv is on another version: say so rather than run on it.
-SAME_PYTHON = $(if $(filter command line,$(origin PYTHON)),$(if $(filter $(call version_of,$(BIN)/python),$(call version_of,$(PYTHON))),,$\
+SAME_PYTHON = $(if $(filter command line,$(origin PYTHON)),$(if $(call version_of,$(PYTHON)),,$(error PYTHON=$(PYTHON) does not run))$\
+	$(if $(filter $(call version_of,$(BIN)/python),$(call version_of,$(PYTHON))),,$\
 	$(error $(VENV) is Python $(call version_of,$(BIN)/python), not PYTHON's $(call version_of,$(PYTHON)): add VENV=.venv-$(call version_of,$(PYTHON)), or rm -r $(VENV))))
 VENV ?= .venv
 BIN := $(VENV)/bin

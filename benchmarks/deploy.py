@@ -72,7 +72,7 @@ def tutorial_own_tflite(run_dir: Path) -> dict:
     from petal.config import ExportConfig
     from petal.export import compare_with_keras, measure_speed, speed_batch
     from petal.run import RunFolder
-    from petal.train import decode_cache
+    from petal.training import decode_cache
 
     run = RunFolder(run_dir)
     model = run.load_model()

@@ -38,7 +38,7 @@ def main():
     from petal.models import DEFAULT_MODEL
     from petal.pipeline import make_dataset
     from petal.precision import KERAS_POLICY
-    from petal.train import build_classifier, compile_for_training, decode_cache, make_split
+    from petal.training import build_classifier, compile_for_training, decode_cache, make_split
 
     base = TrainConfig.for_model(args.data, DEFAULT_MODEL, cache_dir=args.cache_dir)
     images = decode_cache(base).load(make_split(base).train)

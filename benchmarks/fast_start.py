@@ -56,7 +56,7 @@ def run_variant(name: str, data: str, cache_dir: str, epochs: int) -> None:
     from petal.models import DEFAULT_MODEL
     from petal.pipeline import make_dataset
     from petal.precision import resolve_precision
-    from petal.train import build_classifier, compile_for_training, dtype_policy, learning_rate, make_split, prepare_data
+    from petal.training import build_classifier, compile_for_training, dtype_policy, learning_rate, make_split, prepare_data
 
     knobs = {k: v for k, v in VARIANTS[name].items() if k.startswith("_")}
     settings = {k: v for k, v in VARIANTS[name].items() if not k.startswith("_")}

@@ -31,7 +31,7 @@ def main():
 
     from petal.models.test_time_flip import with_test_time_flip
     from petal.run import RunFolder
-    from petal.train import decode_cache
+    from petal.training import decode_cache
 
     print(f"machine: {machine()}\n")
     print("| run | validation images | without flips | with flips | difference (points) |")

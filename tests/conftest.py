@@ -35,7 +35,7 @@ def exported_tiny_run(root: Path, export_config=None) -> Path:
     (float32 unless `export_config` says otherwise); returns the run folder."""
     from petal.config import ExportConfig, TrainConfig
     from petal.export import export_litert
-    from petal.train import train
+    from petal.training import train
 
     data = make_folder(root / "photos", per_class=12)
     config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))

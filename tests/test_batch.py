@@ -131,7 +131,7 @@ def test_without_the_scale_extra_it_says_how_to_get_it(monkeypatch, capsys, mode
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
     model, photos = model_and_photos
     assert main(["predict-batch", str(model), str(photos), "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip() == "petal: error: petal predict-batch needs ray, which is not installed: pip install 'petal[scale]'"
+    assert capsys.readouterr().err.strip() == "petal: error: petal predict-batch needs ray, which is not installed: pip install 'petal-vision[scale]'"
 
 
 def test_an_unreachable_address_fails_fast_in_one_line(model_and_photos, tmp_path):

@@ -49,7 +49,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from petal.config import TrainConfig
-from petal.train import train
+from petal.training import train
 train(TrainConfig({str(data)!r}, "tutorial", epochs=1, batch_size=4, image_size=(32, 32), strategy="mirrored",
                   cache_dir={str(tmp_path / "cache")!r}), {str(run)!r}, verbose=0)
 """

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import CLASS_COLOURS, exported_tiny_run, make_folder, make_image
 from petal.errors import DataError
-from petal.evaluate import evaluate, write_evaluation
+from petal.evaluation import evaluate, write_evaluation
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from petal.errors import ConfigError
 from petal.export import export_litert
 from petal.metadata import read_metadata
 from petal.predict import Predictor
-from petal.train import train
+from petal.training import train
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 

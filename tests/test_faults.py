@@ -19,7 +19,7 @@ from petal.cache import DecodeCache
 from petal.config import TrainConfig
 from petal.data import load_split
 from petal.run import RunFolder
-from petal.train import plan_run
+from petal.training import plan_run
 
 TINY = ["--model", "tutorial", "--epochs", "2", "--image-size", "16", "16", "--batch-size", "8"]
 

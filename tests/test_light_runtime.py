@@ -56,4 +56,4 @@ def test_the_light_install_says_in_one_line_how_to_get_training(light_env, tmp_p
     result = subprocess.run([light_env / "petal", "train", data], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("petal: error: petal train needs ") and line.endswith("pip install 'petal[train]'")
+    assert line.startswith("petal: error: petal train needs ") and line.endswith("pip install 'petal-vision[train]'")

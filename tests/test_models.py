@@ -20,8 +20,8 @@ def test_tutorial_augmented_adds_dropout_but_no_parameters_and_trains_with_the_t
     assert [layer.__class__.__name__ for layer in tutorial_layers().layers] == ["RandomFlip", "RandomRotation", "RandomZoom"]
 
 
-def test_the_default_model_is_small_enough_for_a_two_megabyte_tflite():
-    model = create_model(DEFAULT_MODEL, num_classes=5, image_size=(128, 128)).classifier
+def test_petal_resnet_the_from_scratch_model_is_small_enough_for_a_two_megabyte_tflite():
+    model = create_model("petal-resnet", num_classes=5, image_size=(128, 128)).classifier
     assert model.count_params() * 4 < 2_000_000
     assert not any(layer.__class__.__name__ in ("Dense", "Flatten") and layer.name != "logits" for layer in model.layers)
 

@@ -173,7 +173,7 @@ def _tiny_run_folder(root: Path, model_bytes: bytes) -> Path:
     from petal.config import TrainConfig
     from petal.data import load_split
     from petal.run import RunFolder
-    from petal.train import write_run_start
+    from petal.training import write_run_start
 
     data = make_folder(root / "photos", per_class=4)
     config = TrainConfig.for_model(str(data), "tutorial", epochs=2, batch_size=4, image_size=(16, 16),
@@ -232,7 +232,7 @@ def test_kind10_predict_evaluate_export_and_serve_say_one_line_and_exit_2(tmp_pa
 def test_kind10_resume_from_an_unloadable_checkpoint_is_a_run_folder_error(tmp_path, unloadable_keras_files):
     from petal.config import TrainConfig
     from petal.errors import ModelFileError
-    from petal.train import train
+    from petal.training import train
 
     run = _tiny_run_folder(tmp_path, b"")
     (run / "checkpoint").mkdir()
@@ -592,7 +592,7 @@ def test_kind7_a_tree_readable_both_ways_is_refused_and_layout_chooses(tmp_path)
     from petal.config import TrainConfig
     from petal.data import load_split
     from petal.errors import DataError
-    from petal.train import make_split
+    from petal.training import make_split
 
     root = tmp_path / "ambiguous"
     for name, colour in (("train", (200, 40, 40)), ("val", (40, 200, 40)), ("roses", (40, 40, 200))):

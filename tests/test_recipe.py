@@ -18,7 +18,7 @@ from petal.export import export_litert
 from petal.image import decode_image
 from petal.models import get_model_entry
 from petal.predict import Predictor
-from petal.train import RunRecorder, dtype_policy, learning_rate, train
+from petal.training import RunRecorder, dtype_policy, learning_rate, train
 
 
 def test_a_models_recipe_fills_the_config_and_the_users_settings_win():

@@ -26,7 +26,7 @@ from petal.models import create_model, get_model_entry, list_models
 from petal.models.backbones import BACKBONE_LAYER, backbone_blocks, load_backbone, unfreeze_top_blocks
 from petal.predict import Predictor
 from petal.run import RunFolder
-from petal.train import train
+from petal.training import train
 
 MODEL = "mobilenet-v1-0.25"
 SIZE = (32, 32)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from petal.config import AUGMENTATIONS, EXPORT_VARIANTS, INT8_IO_TYPES, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, ExportConfig
+from petal.cluster import stop_orphans
 from petal.errors import MissingDependencyError, PetalError
 from petal.native_log import native_log_silenced
 from petal.image import DEFAULT_MAX_PIXELS
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     for chatty in ("absl", "tensorflow"):  # SavedModel notices ("Assets written to ...") during export
         logging.getLogger(chatty).setLevel(logging.ERROR)
+    stop_orphans()  # Ray processes a killed petal command left behind; one line when there are any
     try:
         return args.handler(args) or 0
     except PetalError as exc:
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=20, help="larger uploads get 413 (default 20)")
     serve.add_argument("--decodes", type=int, default=2, help="images decoded at once; bounds the server's memory (default 2)")
     serve.add_argument("--timeout", type=float, default=10, metavar="SECONDS",
-                       help="a request waiting longer for a decode slot or the model gets 503 (default 10)")
+                       help="a request not decoded and classified this long after its upload gets 503 (default 10)")
     serve.add_argument("--max-pixels", type=int, help="larger images get 413 (default: the model's limit)")
     serve.set_defaults(handler=cmd_serve)
 
@@ -327,7 +329,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    evaluate = _import("petal.evaluate", "petal evaluate")  # TF-free; Keras is loaded only for a run folder
+    evaluate = _import("petal.evaluation", "petal evaluate")  # TF-free; Keras is loaded only for a run folder
     with native_log_silenced():
         evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
     out = args.out or evaluate.default_output(args.model)
@@ -420,7 +422,7 @@ def cmd_demo(args) -> int:
 
 def _train(args, data_dir):
     config_module = _import("petal.config", "petal train")
-    train = _import("petal.train", "petal train")
+    train = _import("petal.training", "petal train")
     models = _import("petal.models", "petal train")
     model = args.model or models.DEFAULT_MODEL
     models.get_model_entry(model)

@@ -2,10 +2,17 @@
 
 A local cluster listens on 127.0.0.1 only, keeps Ray's token authentication on, has no dashboard
 unless asked, runs in a temp directory of petal's own (/tmp/petal-ray/<pid>-<id>) and is shut down
-when the command ends. A SIGKILL of the command leaves some Ray processes behind (Ray's dashboard and
-runtime-env agents, docs/SCALE.md): every later petal command looks for session directories whose
-owner is dead, stops the processes that hold files open in them, and says so. Processes of a Ray
-cluster that petal did not start hold nothing there, so they are never touched.
+when the command ends. Loopback only takes one Ray setting: Ray binds every server of a node (GCS,
+raylet and object manager, each worker's and the driver's gRPC server, the runtime-env and dashboard
+agents, the metrics exporter) to 127.0.0.1 when the node's IP is a loopback address, but `ray.init`
+replaces a loopback `_node_ip_address` with the machine's external address unless
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ("local Ray only"), which Ray reads when first imported.
+
+A SIGKILL of the command leaves some Ray processes behind (Ray's dashboard and runtime-env agents,
+docs/SCALE.md): the next petal command of any kind (`petal.cli.main` calls `stop_orphans`) looks for
+session directories whose owner is dead, stops the processes that hold files open in them, and says
+so in one line. Processes of a Ray cluster that petal did not start hold nothing there, so they are
+never touched.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from petal.errors import ConfigError, PetalError
 log = logging.getLogger(__name__)
 
 SESSIONS_ROOT = Path(tempfile.gettempdir()) / "petal-ray"
+LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT_S = 30
 CHATTY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 
@@ -46,6 +54,8 @@ def ray_cluster(address: str | None = None, *, dashboard: bool = False):
         # made explicit so that no setting of the user's turns it off. Ray reads it when first imported.
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        # Keep _node_ip_address=127.0.0.1 as given (module docstring); the workers inherit it.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
     import ray.data
 
@@ -65,14 +75,19 @@ def ray_cluster(address: str | None = None, *, dashboard: bool = False):
         with _quiet_stdio():
             ray.init(
                 address="local",  # always a new cluster: never one found through RAY_ADDRESS or a `ray start`
-                _node_ip_address="127.0.0.1",
+                _node_ip_address=LOOPBACK,
                 include_dashboard=dashboard,
+                dashboard_host=LOOPBACK,
                 _temp_dir=str(session),
                 logging_level=logging.ERROR,
                 log_to_driver=False,
             )
+        node_ip = ray.get_runtime_context().gcs_address.rpartition(":")[0]
+        if node_ip != LOOPBACK:  # Ray was imported before petal could set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+            log.warning("petal: this local Ray cluster listens on %s, not only on %s: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                        "before Ray is first imported", node_ip, LOOPBACK)
         if dashboard:
-            print(f"Ray dashboard: http://{ray.get_runtime_context().gcs_address.split(':')[0]}:8265", file=sys.stderr)
+            print(f"Ray dashboard: http://{node_ip}:8265", file=sys.stderr)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # petal shows one bar of its own
@@ -100,15 +115,27 @@ def check_workers(ray, workers: int) -> None:
 
 
 def stop_orphans() -> int:
-    """Stop the Ray processes of petal sessions whose command died (SIGKILL); returns how many."""
-    stopped = 0
-    if not SESSIONS_ROOT.is_dir():
+    """Stop the Ray processes of petal sessions whose command died (SIGKILL); returns how many.
+
+    Called by every petal command, so it is cheap when there is nothing to do (one directory listing),
+    imports no Ray, and does nothing without psutil (the light install, which cannot have started Ray)."""
+    try:
+        sessions = list(SESSIONS_ROOT.iterdir())
+    except OSError:  # no session was ever started here (or the folder is not ours to read)
         return 0
-    for session in SESSIONS_ROOT.iterdir():
+    try:
+        import psutil
+    except ImportError:
+        return 0
+    stopped = 0
+    for session in sessions:
         owner = _read_owner(session)
         if owner is None or _alive(owner["pid"], owner.get("started")):
             continue
-        count = _stop_session_processes(session)
+        try:
+            count = _stop_session_processes(session)
+        except psutil.Error:  # e.g. processes of another user's session
+            continue
         shutil.rmtree(session, ignore_errors=True)
         if count:
             print(f"petal: stopped {count} Ray processes left behind by an earlier petal run (pid {owner['pid']})", file=sys.stderr)
@@ -150,9 +177,10 @@ def _stop_session_processes(session: Path) -> int:
 
 def _read_owner(session: Path) -> dict | None:
     try:
-        return json.loads((session / "owner.json").read_text())
+        owner = json.loads((session / "owner.json").read_text())
     except (OSError, ValueError):
         return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
 
 
 def _process_start(pid: int) -> float | None:

@@ -33,7 +33,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     """Train `config` (strategy "multi-worker", `workers` workers) into the run folder `out_dir`."""
     import keras
 
-    from petal import train as single
+    from petal import training as single
     from petal.cluster import check_workers, ray_cluster
 
     if config.strategy != "multi-worker":
@@ -103,7 +103,7 @@ def _worker_loop(settings: dict) -> None:
     import ray.train
     import tensorflow as tf
 
-    from petal import train as single
+    from petal import training as single
     from petal.augment import build_augmentation
     from petal.data import ImageFolder
     from petal.pipeline import make_dataset

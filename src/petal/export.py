@@ -35,7 +35,7 @@ from petal.native_log import native_log_silenced
 from petal.predict import LiteRTRunner, rank_classes, softmax
 from petal.report import build_report
 from petal.run import RunFolder
-from petal.train import decode_cache
+from petal.training import decode_cache
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ What one request may cost is bounded, so one odd upload cannot starve the others
 - bytes: the body is counted while it streams in and refused (413) past the limit, chunked or not;
 - memory: at most `decodes` images are decoded at once, in worker threads, each within the model's
   pixel limit (about 9 bytes per pixel at worst, `petal.image.open_rgb`); a larger image gets 413;
-- time: a request that waits longer than `timeout_s` for a decode slot or for the model gets 503.
+- time: a request not decoded and classified within `timeout_s` of its upload arriving gets 503.
 One interpreter serves every request, one call at a time (LiteRT interpreters are not thread-safe),
 while other requests decode. Every error is JSON, `{"error": message}`; docs/SERVE.md describes the
 API and the app serves its OpenAPI schema at /openapi.json.
@@ -16,7 +16,6 @@ API and the app serves its OpenAPI schema at /openapi.json.
 from __future__ import annotations
 
 import html
-import logging
 import os
 
 import anyio
@@ -34,11 +33,9 @@ from petal.errors import ConfigError, ImageError
 from petal.image import decode_image
 from petal.predict import Predictor
 
-log = logging.getLogger(__name__)
-
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_DECODES = 2  # images decoded at once: each may hold ~9 bytes x the model's pixel limit while decoding
-DEFAULT_TIMEOUT_S = 10.0  # longest wait for a decode slot and the model before a 503
+DEFAULT_TIMEOUT_S = 10.0  # from the upload's arrival to its answer, decode and model call included, before a 503
 MULTIPART_OVERHEAD = 64 * 1024  # part headers and boundaries allowed on top of the file itself
 
 
@@ -107,12 +104,12 @@ def create_app(
         finally:
             await form.close()
         try:
-            with anyio.fail_after(timeout_s):  # waits for a slot are cut short; a decode or call that started finishes
+            with anyio.fail_after(timeout_s):  # cuts waits for a slot short; a decode or model call that started ends first
                 image = await anyio.to_thread.run_sync(decode, data, limiter=decode_slots)
                 del data
                 result = await anyio.to_thread.run_sync(infer, image, limiter=model_slot)
         except TimeoutError:
-            return _error(503, f"the server is busy: no decode slot or model call within {timeout_s:g} s; try again",
+            return _error(503, f"the server is busy: this request was not decoded and classified within {timeout_s:g} s; try again",
                           headers={"Retry-After": "1"})
         except ImageError as exc:
             return _error(413 if exc.kind == "too-large" else 415, f"{upload.filename or 'upload'}: {exc.reason}")
@@ -150,7 +147,7 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("petal serve: %s %s failed", request.method, request.url.path, exc_info=exc)
+    """A bug: JSON for the client; Starlette then re-raises, so the server logs the traceback."""
     return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 

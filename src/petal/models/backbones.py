@@ -7,7 +7,7 @@ disagree on it. Weights come the standard Keras way: "imagenet" makes Keras use
 default model's backbone, also ships inside the package (petal/models/weights, provenance and licence
 beside it): "imagenet" takes Keras's cached file when there is one, else the shipped copy, so the
 default never needs a download. Training
-(petal.train) first fits the head on cached embeddings with the backbone frozen, then optionally
+(petal.training) first fits the head on cached embeddings with the backbone frozen, then optionally
 fine-tunes the top blocks; `block_pattern` tells which layers make up a block.
 """
 
@@ -49,7 +49,7 @@ RECIPE = {
 DEFAULT_RECIPE = {
     **RECIPE,
     "fine_tune_blocks": 8,
-    "fine_tune_epochs": 8,
+    "fine_tune_epochs": 5,
     "fine_tune_learning_rate": 3e-4,
 }
 

@@ -1,0 +1,32 @@
+"""The package-level API: every name in `petal.__all__` stays what it names, however many submodules
+have been imported, so the README's snippet runs twice in one notebook."""
+
+import importlib
+import pkgutil
+import types
+
+import petal
+from conftest import make_folder
+
+
+def import_every_submodule() -> None:
+    for module in pkgutil.walk_packages(petal.__path__, "petal."):
+        if module.name != "petal.__main__":
+            importlib.import_module(module.name)
+
+
+def test_no_exported_name_is_shadowed_by_a_submodule_of_the_same_name():
+    import_every_submodule()
+    for name in petal.__all__:
+        value = getattr(petal, name)
+        assert not isinstance(value, types.ModuleType), f"petal.{name} is a module"
+        assert getattr(petal, name) is value
+
+
+def test_train_and_evaluate_can_be_called_twice_after_every_submodule_is_imported(tmp_path):
+    import_every_submodule()
+    data = make_folder(tmp_path / "photos", per_class=4)
+    for attempt in range(2):
+        config = petal.TrainConfig(str(data), "tutorial", epochs=1, batch_size=8, image_size=(16, 16))
+        run = petal.train(config, tmp_path / f"run-{attempt}", verbose=0).run.path
+        assert petal.evaluate(run).accuracy >= 0
