@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	$(SAME_PYTHON)$(BIN)/petal demo
 
 test: $(VENV)/.installed
-	$(SAME_PYTHON)$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(SAME_PYTHON)$(BIN)/ruff check --quiet . && $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
 

@@ -5,8 +5,9 @@ import importlib
 import pkgutil
 import types
 
-import petal
 from conftest import make_folder
+
+import petal
 
 
 def import_every_submodule() -> None:

@@ -15,8 +15,8 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import PETAL, exported_tiny_run, make_image
+
 from petal.batch import BatchFolder, iter_source
 from petal.cli import main
 from petal.cluster import SESSIONS_ROOT, session_processes

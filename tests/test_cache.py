@@ -1,8 +1,8 @@
 import logging
 
 import numpy as np
-
 from conftest import make_image
+
 from petal.cache import DecodeCache
 from petal.data import index_folder
 from petal.image import decode_image

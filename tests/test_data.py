@@ -2,8 +2,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import make_folder, make_image
+
 from petal.data import index_folder, read_file_list, split_folder, write_file_list
 from petal.errors import ConfigError, DataError
 

@@ -8,12 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import PETAL
+
 from petal.config import TrainConfig
 from petal.errors import WeightsError
-from petal.models import DEFAULT_MODEL, get_model_entry
-from petal.models import backbones
+from petal.models import DEFAULT_MODEL, backbones, get_model_entry
 from petal.models.backbones import SHIPPED_WEIGHTS, mobilenet_v2_weights_file, resolve_weights, shipped_weights
 from petal.sample_data import sample_folder
 

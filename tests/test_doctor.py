@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PETAL, make_folder
 from PIL import Image
 
-from conftest import PETAL, make_folder
 from petal.data import index_folder, split_folder
 from petal.doctor import examine
 from petal.errors import ConfigError
-
 
 
 def noisy(size=(48, 40), seed=0, mode="RGB"):

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import CLASS_COLOURS, exported_tiny_run, make_folder, make_image
+
 from petal.errors import DataError
 from petal.evaluation import evaluate, write_evaluation
 
@@ -71,3 +71,17 @@ def test_evaluating_a_tflite_does_not_import_tensorflow(exported_run, tmp_path):
     assert "HEAVY []" in result.stdout
     assert "precision  recall" in result.stdout
     assert (tmp_path / "e" / "confusion.png").exists()
+
+
+def test_an_evaluation_on_other_data_keeps_its_own_folder_and_warns_about_training_photos(exported_run, caplog):
+    from petal.evaluation import default_output
+
+    config = json.loads((exported_run / "config.json").read_text())
+    reused = evaluate(exported_run, config["data_dir"])  # the very folder it trained on
+    assert reused.training_photos == 29  # every photo of the training split is in it
+    assert "29 of the 36 photos in" in caplog.text and "are training photos of this model" in caplog.text
+    assert evaluate(exported_run).training_photos == 0  # the validation split: nothing to warn about
+    assert default_output(exported_run) == exported_run / "evaluation" / "keras"
+    assert default_output(exported_run, config["data_dir"]) == exported_run / "evaluation" / "keras-on-photos"
+    tflite = exported_run / "export" / "model-float32.tflite"
+    assert default_output(tflite, "/data/new") == exported_run / "evaluation" / "model-float32-on-new"

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import CLASS_COLOURS, make_folder, make_image
+
 from petal.cli import main
 from petal.config import ExportConfig, TrainConfig
 from petal.errors import ConfigError
@@ -36,6 +36,7 @@ def test_every_variant_is_compared_with_keras_on_the_whole_validation_split(trai
     written = json.loads((trained_run / "export" / "report.json").read_text())
     assert [v["variant"] for v in written["variants"]] == list(VARIANTS)
     assert "| int8 |" in (trained_run / "export" / "report.md").read_text()
+    assert (trained_run / "export" / "labels.txt").read_text() == (trained_run / "labels.txt").read_text()  # for other runtimes
     calibration = (trained_run / "export" / "calibration.csv").read_text().splitlines()
     validation = set((trained_run / "split" / "validation.csv").read_text().splitlines()[1:])
     assert len(calibration) == 1 + 48 and not validation & set(calibration[1:])  # training images only

@@ -1,7 +1,6 @@
 """Kills and full disks at petal's own write points: every state they leave is resumable or cleanly
 restartable by the command the message names, and no half-written file is left looking real."""
 
-import json
 import os
 import re
 import resource
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import PETAL, make_folder
+
 from petal import atomic
 from petal.cache import DecodeCache
 from petal.config import TrainConfig
@@ -141,7 +140,7 @@ def test_an_export_killed_while_writing_leaves_no_half_file_in_the_run_or_the_te
     again = petal("export", run, "--quantize", "float32", env=env)
     assert again.returncode == 0, again.stderr[-800:]
     assert [p.name for p in (run / "export").glob("*.tflite")] == ["model-float32.tflite"]
-    assert not leftovers(run) and not list(tmp.iterdir())
+    assert not leftovers(run) and not list(tmp.glob("petal-export*"))  # TensorFlow's own autograph files may stay
 
 
 def test_scratch_files_never_match_the_real_suffix_and_only_dead_writers_lose_them(tmp_path):

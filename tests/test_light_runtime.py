@@ -6,8 +6,8 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from conftest import CLASS_COLOURS, exported_tiny_run, make_folder, make_image
+
 from petal.config import ExportConfig
 
 REPO = Path(__file__).resolve().parents[1]

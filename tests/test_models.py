@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from petal.errors import ConfigError
 from petal.augment import tutorial_layers
+from petal.errors import ConfigError
 from petal.models import DEFAULT_MODEL, create_model, get_model_entry, list_models
 from petal.models.test_time_flip import with_test_time_flip
 

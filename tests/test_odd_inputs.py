@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PETAL, make_folder, make_image
 from PIL import Image
 
-from conftest import PETAL, make_folder, make_image
 from petal.data import index_folder, split_folder
 from petal.doctor import examine
 from petal.errors import ImageError

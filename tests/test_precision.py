@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 import tensorflow as tf
-
 from conftest import PETAL, make_folder
+
 from petal import precision
 
 

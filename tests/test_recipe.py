@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PETAL, make_folder
 from PIL import Image
 
-from conftest import PETAL, make_folder
 from petal import precision
 from petal.augment import build_augmentation
 from petal.config import AUGMENTATIONS, ExportConfig, TrainConfig

@@ -4,8 +4,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import make_folder
+
 from petal.config import ExportConfig, TrainConfig
 from petal.evaluation import evaluate, write_evaluation
 from petal.export import export_litert

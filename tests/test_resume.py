@@ -7,10 +7,9 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import PETAL, make_folder
-from petal import atomic
 
+from petal import atomic
 
 
 def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all(tmp_path):

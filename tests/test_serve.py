@@ -12,9 +12,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import CLASS_COLOURS, PETAL, exported_tiny_run, make_image
 from starlette.testclient import TestClient
 
-from conftest import CLASS_COLOURS, PETAL, exported_tiny_run, make_image
 from petal.serve import create_app
 
 CHROMIUM = shutil.which("chromium")

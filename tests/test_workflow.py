@@ -1,14 +1,15 @@
 """The tutorial's workflow through the `petal` command: data -> train -> export -> predict."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import CLASS_COLOURS, PETAL, make_folder, make_image
 from PIL import Image
 
-from conftest import CLASS_COLOURS, PETAL, make_folder, make_image
 from petal.cli import main
 
 SMALL = ["--image-size", "32", "32", "--batch-size", "8"]
@@ -41,6 +42,10 @@ def test_data_summarises_the_folder_and_saves_a_grid(tmp_path, image_folder):
 def test_train_writes_a_complete_run_folder(trained_run):
     assert trained_run["train"].returncode == 0, trained_run["train"].stderr
     run = trained_run["run"]
+    closing = trained_run["train"].stdout.splitlines()[-3:]  # total time and result, the report's path, the next command
+    assert closing[0].startswith("Trained in ") and "final validation accuracy" in closing[0] and "after 2 epochs" in closing[0]
+    assert closing[1] == f"Run folder: {run}  (report: {run / 'report.html'})"
+    assert closing[2] == f"Next: petal export {run}"
     for name in ("config.json", "labels.txt", "split/train.csv", "split/validation.csv", "history.csv",
                  "curves.png", "diagnosis.json", "samples.png", "model.keras", "checkpoint/state.json"):
         assert (run / name).exists(), name
@@ -165,10 +170,11 @@ def test_undecodable_training_files_are_left_out_and_listed(tmp_path):
 
 
 def test_demo_runs_the_whole_workflow_on_the_bundled_sample(tmp_path):
-    result = petal("demo", "--epochs", "1", "--out", tmp_path / "demo-run", "--image-size", "48", "48")
+    result = petal("demo", "--epochs", "1", "--fine-tune-epochs", "1", "--out", tmp_path / "demo-run", "--image-size", "48", "48")
     assert result.returncode == 0, result.stderr
     for step in ("== 1/4 data", "== 2/4 train", "== 3/4 export", "== 4/4 predict"):
         assert step in result.stdout
+    assert re.search(r"^Validation accuracy: \d\.\d{4} on 60 photos", result.stdout, re.M)
     assert result.stdout.count("percent confidence.") == 3
     export = tmp_path / "demo-run" / "export"
     report = json.loads((export / "report.json").read_text())

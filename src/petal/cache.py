@@ -32,7 +32,7 @@ from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, decode_image, open_re
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: large non-JPEG images are shrunk by an integer factor while decoding (petal.image)
 SHARD_SIZE = 512  # images per shard: 512 x 180 x 180 x 3 bytes = 50 MB
 
 

@@ -31,11 +31,11 @@ TRAIN_SETTINGS = (
     "warmup_epochs", "label_smoothing", "augmentation", "mixup", "cutmix", "early_stopping", "test_time_flip", "precision",
     "class_weight",
     "deterministic", "max_pixels", "cache_dir", "weights", "fine_tune_blocks", "fine_tune_epochs", "fine_tune_learning_rate",
-    "strategy", "workers", "lr_scaling", "layout", "follow_links",
+    "strategy", "workers", "lr_scaling", "layout", "follow_links", "exclude",
 )
 
 # Which optional extra brings which module, for the one-line "pip install 'petal-vision[...]'" message.
-EXTRAS = {"train": ("tensorflow", "keras", "matplotlib", "tqdm"), "serve": ("starlette", "uvicorn", "multipart"),
+EXTRAS = {"train": ("tensorflow", "keras", "matplotlib", "tqdm", "cleanlab", "sklearn"), "serve": ("starlette", "uvicorn", "multipart"),
           "scale": ("ray", "pyarrow", "psutil")}
 
 EXIT_ERROR = 2  # the command could not do its job
@@ -69,13 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="summarise a folder of class sub-folders and save a sample grid")
-    data.add_argument("data_dir", metavar="DIR")
+    data.add_argument("data_dir", metavar="DIR", nargs="?")
     _add_split_options(data)
     data.add_argument("--grid", type=Path, help="where to save the 3x3 sample grid (default: DIR-NAME-samples.png here)")
     data.add_argument("--json", action="store_true", help="print the full report as JSON (no grid)")
     data.add_argument("--all", action="store_true", help="list every file of every finding, not the first five")
     data.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                       help=f"images with more pixels are refused (default {DEFAULT_MAX_PIXELS:,})")
+    issues = data.add_argument_group("label issues, near copies and outliers (docs/DATA-DOCTOR.md; needs petal-vision[train])")
+    issues.add_argument("--label-issues", action="store_true",
+                        help="also find photos filed under the wrong class, near copies and outliers, from the default "
+                             "pretrained backbone's embeddings (cleanlab, Confident Learning)")
+    issues.add_argument("--contact-sheet", type=Path, metavar="PNG",
+                        help="where to save the suspects' contact sheet (default: DIR-NAME-label-issues.png here)")
+    issues.add_argument("--cache-dir", help="decode and embedding cache, shared with petal train (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
+    issues.add_argument("--move-to", type=Path, metavar="QUARANTINE",
+                        help="move (never delete) the flagged files there, keeping their class folders, with a manifest to undo it")
+    issues.add_argument("--move-kinds", default="label-issue,outlier", metavar="KINDS",
+                        help="comma-separated finding kinds --move-to moves (default: label-issue,outlier)")
+    issues.add_argument("--undo-move", type=Path, metavar="MANIFEST", help="move the files a --move-to manifest lists back (no DIR needed)")
     data.set_defaults(handler=cmd_data)
 
     models = commands.add_parser("models", help="list the registered models")
@@ -206,6 +218,9 @@ def _add_train_options(parser):
     parser.add_argument("--max-pixels", type=int, help=f"images with more pixels are left out (default {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--cache-dir", help="decode and embedding cache (default: $PETAL_CACHE_DIR or ~/.cache/petal)")
     parser.add_argument("--out", type=Path, help="run folder to write (default: runs/MODEL-TIMESTAMP)")
+    parser.add_argument("--exclude", metavar="FILE",
+                        help="leave these files out of the split (the rest keep their side): the JSON of `petal data --label-issues "
+                             "--json` (its label-issue and outlier paths) or a text file of paths, one per line")
     parallel = parser.add_argument_group("data-parallel training (docs/SCALE.md)")
     parallel.add_argument("--workers", type=int, help="train on N Ray Train workers (MultiWorkerMirroredStrategy); needs petal-vision[scale]")
     parallel.add_argument("--address", help="the Ray cluster of --workers, e.g. 10.0.0.5:6379 (default: a local one on 127.0.0.1)")
@@ -226,15 +241,25 @@ def _add_train_options(parser):
 def cmd_data(args) -> int:
     data = _import("petal.data", "petal data")
     doctor = _import("petal.doctor", "petal data")
+    if args.undo_move:
+        return _undo_move(args.undo_move)
+    if args.data_dir is None:
+        raise PetalError("petal data needs DIR (or --undo-move MANIFEST)")
+    if args.move_to and not args.label_issues:
+        raise PetalError("--move-to moves what --label-issues flags: pass --label-issues too")
     split = data.load_split(args.data_dir, args.val_split, args.seed, args.split_method, layout=args.layout,
                             follow_links=args.follow_links)
     started = time.perf_counter()
     report = doctor.examine(split, max_pixels=args.max_pixels, progress=None if args.json else _progress_bar("examining"))
     seconds = time.perf_counter() - started
+    extra = _label_issues(args, split, report) if args.label_issues else {}
+    report = extra.pop("report", report)
     if args.json:
-        print(json.dumps({**report.to_json(), "unindexed_files": doctor.unindexed_files(args.data_dir)}, indent=2))
+        print(json.dumps({**report.to_json(), "unindexed_files": doctor.unindexed_files(args.data_dir), **extra}, indent=2))
         return 0
     _print_data_report(report, split, seconds, doctor, args)
+    if args.label_issues:
+        _print_label_issues(extra)
     grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.png")
     _save_sample_grid(split.train, set(report.unusable), grid_path)
     print(f"Sample grid: {grid_path}")
@@ -289,6 +314,49 @@ def _save_sample_grid(folder, unusable: set[str], grid_path: Path) -> None:
     plots.save_image_grid(images, titles, grid_path)
 
 
+def _label_issues(args, split, report) -> dict:
+    """petal data --label-issues: find, merge into the doctor's report, draw the contact sheet, move if asked."""
+    _require(("cleanlab", "sklearn"), "petal data --label-issues")
+    label_issues = _import("petal.label_issues", "petal data --label-issues")
+    kinds = tuple(k.strip() for k in args.move_kinds.split(",") if k.strip())
+    quiet = args.json
+    with native_log_silenced():  # TensorFlow's notices while it loads; the progress bars below stay visible
+        _import("petal.training", "petal data --label-issues")
+    found = label_issues.find_issues(split, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
+                                     progress=None if quiet else _progress_bar("decoding"),
+                                     embedding_progress=None if quiet else _progress_bar("embedding", unit="batch"))
+    sheet = args.contact_sheet or Path(f"{Path(args.data_dir).resolve().name}-label-issues.png")
+    written = label_issues.save_contact_sheet(found, sheet)
+    extra = {"report": label_issues.merge(report, found),
+             "label_issues": {**found.summary(), "contact_sheet": str(written) if written else None}}
+    if args.move_to:
+        manifest, moved = label_issues.move_flagged(extra["report"].findings, split.train.root, args.move_to, kinds)
+        extra["moved"] = {"files": moved, "to": str(args.move_to), "manifest": str(manifest), "undo": f"petal data --undo-move {manifest}"}
+    return extra
+
+
+def _print_label_issues(extra: dict) -> None:
+    found = extra["label_issues"]
+    counts = found["counts"]
+    print(f"Label issues (Confident Learning, cleanlab): {counts.get('label-issue', 0)} label issues, {counts.get('outlier', 0)} outliers "
+          f"among {found['images']} images; {found['folds']}-fold cross-validated accuracy of a linear head on "
+          f"{found['image_size'][0]}x{found['image_size'][1]} embeddings: {found['cross_validated_accuracy']:.3f} "
+          f"({sum(found['seconds'].values()):.1f} s)")
+    if found["contact_sheet"]:
+        print(f"Contact sheet of the suspects: {found['contact_sheet']}")
+    if "moved" in extra:
+        moved = extra["moved"]
+        print(f"Moved {moved['files']} files to {moved['to']}; manifest {moved['manifest']}; undo: {moved['undo']}")
+
+
+def _undo_move(manifest: Path) -> int:
+    restored, problems = _import("petal.label_issues", "petal data --undo-move").undo_move(manifest)
+    print(f"Moved {restored} files back")
+    for problem in problems:
+        print(f"petal: error: {problem}", file=sys.stderr)
+    return EXIT_PARTIAL if problems else 0
+
+
 def cmd_models(args) -> int:
     models = _import("petal.models", "petal models")
     entries = models.list_models(args.pattern)
@@ -300,8 +368,13 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
+    started = time.perf_counter()
     result = _train(args, args.data_dir)
-    print(f"Run folder: {result.run.path}")
+    history = result.history.get("val_accuracy") or [float("nan")]
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    print(f"Trained in {minutes} min {seconds} s: final validation accuracy {history[-1]:.4f} after {len(history)} epochs")
+    print(f"Run folder: {result.run.path}  (report: {result.run / 'report.html'})")
+    print(f"Next: petal export {result.run.path}")
     return 0
 
 
@@ -332,7 +405,7 @@ def cmd_evaluate(args) -> int:
     evaluate = _import("petal.evaluation", "petal evaluate")  # TF-free; Keras is loaded only for a run folder
     with native_log_silenced():
         evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
-    out = args.out or evaluate.default_output(args.model)
+    out = args.out or evaluate.default_output(args.model, args.data_dir)
     written = evaluate.write_evaluation(evaluation, out, evaluation.data)
     print(evaluation.table())
     for path, reason in sorted(evaluation.failed.items()):
@@ -403,10 +476,13 @@ def cmd_demo(args) -> int:
 
     data_dir = args.data_dir or str(sample_folder())
     print(f"== 1/4 data: {data_dir}")
-    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "grid": None, "json": False, "all": False,
-                                    "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS}))
+    split_options = ["--val-split", str(args.val_split), "--seed", str(args.seed), "--split", args.split_method,
+                     "--layout", args.layout] + (["--follow-links"] if args.follow_links else [])
+    cmd_data(build_parser().parse_args(["data", data_dir, *split_options, "--max-pixels", str(args.max_pixels or DEFAULT_MAX_PIXELS)]))
     print("== 2/4 train")
     result = _train(args, data_dir)
+    accuracy = result.history.get("val_accuracy") or [float("nan")]
+    print(f"Validation accuracy: {accuracy[-1]:.4f} on {len(result.run.split('validation').paths)} photos the model never trained on")
     print("== 3/4 export")
     cmd_export(build_parser().parse_args(["export", str(result.run.path)]))
     print("== 4/4 predict (a validation image of each of three classes, through the .tflite)")
@@ -427,6 +503,8 @@ def _train(args, data_dir):
     model = args.model or models.DEFAULT_MODEL
     models.get_model_entry(model)
     settings = {name: getattr(args, name, None) for name in TRAIN_SETTINGS}
+    if settings["exclude"]:
+        settings["exclude"] = _import("petal.label_issues", "petal train --exclude").read_exclusion_list(settings["exclude"], data_dir)
     for name in ("image_size", "train_image_size"):
         settings[name] = tuple(getattr(args, name)) if getattr(args, name, None) else None
     on_ray = bool(getattr(args, "workers", None) or getattr(args, "address", None))
@@ -445,12 +523,12 @@ def _train(args, data_dir):
     return result
 
 
-def _progress_bar(desc: str = "decoding"):
+def _progress_bar(desc: str = "decoding", unit: str = "img"):
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return lambda iterable, total: tqdm(iterable, total=total, unit="img", desc=desc, leave=False)
+    return lambda iterable, total: tqdm(iterable, total=total, unit=unit, desc=desc, leave=False)
 
 
 def _import(module: str, feature: str):

@@ -22,11 +22,11 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import sys
-import secrets
 import tempfile
 import uuid
 from pathlib import Path

@@ -45,6 +45,7 @@ class TrainConfig:
     split_method: str = "keras"
     layout: str = "auto"  # petal.data.load_split: "auto", "split" (train/ and val/ given) or "classes"
     follow_links: bool = False  # follow symlinked sub-folders inside class folders (Keras's follow_links)
+    exclude: tuple[str, ...] = ()  # paths (relative to data_dir) left out of the split: petal train --exclude FILE
     train_seed: int | None = None  # weights, shuffling, augmentation; None: `seed`. Vary it to see the spread on one split
     optimizer: str = "adam"  # "adamw": decoupled weight decay
     learning_rate: float = 0.001  # the peak rate when a schedule warms up
@@ -99,6 +100,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)
+        self.exclude = tuple(sorted(set(self.exclude)))  # config.json holds a list
         if self.train_image_size is not None:
             self.train_image_size = tuple(int(v) for v in self.train_image_size)
         for name in ("image_size", "train_image_size"):

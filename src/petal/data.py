@@ -9,11 +9,13 @@ that its default split is the tutorial's, file for file, and every result compar
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -69,7 +71,7 @@ LAYOUTS = ("auto", "split", "classes")
 
 
 def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123, method: str = "keras", *,
-               layout: str = "auto", follow_links: bool = False) -> Split:
+               layout: str = "auto", follow_links: bool = False, exclude: Collection[str] = ()) -> Split:
     """The split of `root`: as given when it holds train/ and val/ (or validation/), else `split_folder`.
 
     `layout`: "classes" reads every sub-folder as a class (Keras's reading, whatever their names);
@@ -78,6 +80,8 @@ def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123,
     (and says so), refuses a tree that could be read both ways, and reads anything else as classes.
     `follow_links`: follow symlinked sub-folders inside class folders, as Keras's `follow_links=True`
     (each real folder once); when False, as Keras's default, they are listed in a warning, not read.
+    `exclude`: paths relative to `root` left out after the split is made, so every other file keeps its
+    side (`petal train --exclude`, petal.label_issues.read_exclusion_list); unknown paths are named in a warning.
 
     Raises:
         ConfigError: unknown `layout`, or `layout="split"` on a tree without train/ and val/.
@@ -93,7 +97,7 @@ def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123,
         log.info("%s: read as already split (%s); --layout classes reads %s as classes", root,
                  ", ".join(f"{name}/" for name in parts.values()), " and ".join(parts.values()))
     if parts is None:
-        return split_folder(index_folder(root, follow_links=follow_links), val_split, seed, method)
+        return _excluding(split_folder(index_folder(root, follow_links=follow_links), val_split, seed, method), exclude)
     folders = {part: _rerooted(index_folder(Path(root) / name, follow_links=follow_links), Path(root), name)
                for part, name in parts.items()}
     names = {part: set(folder.class_names) for part, folder in folders.items()}
@@ -105,7 +109,27 @@ def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123,
                 f"{root}: the classes of {parts[part]}/ differ from those of train/: "
                 f"only in train/: {only_train or 'none'}; only in {parts[part]}/: {only_part or 'none'}"
             )
-    return Split(folders["train"], folders["validation"], "given", val_split, seed, folders.get("test"))
+    return _excluding(Split(folders["train"], folders["validation"], "given", val_split, seed, folders.get("test")), exclude)
+
+
+def _excluding(split: Split, exclude: Collection[str]) -> Split:
+    """`split` without the files in `exclude`; a class left without training images is refused as in split_folder."""
+    if not exclude:
+        return split
+    exclude = set(exclude)
+    keep = lambda folder: folder.subset(i for i, p in enumerate(folder.paths) if p not in exclude)  # noqa: E731
+    kept = dataclasses.replace(split, train=keep(split.train), validation=keep(split.validation),
+                               test=keep(split.test) if split.test is not None else None)
+    listed = {p for part in (split.train, split.validation, split.test) if part is not None for p in part.paths}
+    unknown = sorted(exclude - listed)
+    if unknown:
+        log.warning("%d excluded paths are not images of %s, e.g. %s", len(unknown), split.train.root, ", ".join(unknown[:3]))
+    log.info("left out %d files listed for exclusion", len(exclude & listed))
+    untrained = [name for name, n in kept.train.counts().items() if not n]
+    if untrained or not len(kept.validation):
+        what = f"class(es) {', '.join(untrained)} without training images" if untrained else "no validation images"
+        raise DataError(f"{split.train.root}: the exclusion list leaves {what}")
+    return kept
 
 
 def find_parts(root: str | os.PathLike) -> dict[str, str] | None:

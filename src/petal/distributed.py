@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | None = None, resume: bool = False,
                  dashboard: bool = False):
     """Train `config` (strategy "multi-worker", `workers` workers) into the run folder `out_dir`."""
-    import keras
 
     from petal import training as single
     from petal.cluster import check_workers, ray_cluster

@@ -52,6 +52,9 @@ KINDS = {
     "near-duplicate-within-class": ("info", "near copy (resized or re-encoded) of an image of the same class"),
     "near-duplicate-across-classes": ("warning", "near copy of an image of another class"),
     "near-duplicate-across-split": ("warning", "near copy in training and validation (or test)"),
+    # Only with --label-issues (petal.label_issues): from a pretrained backbone's embeddings and cleanlab.
+    "label-issue": ("warning", "filed under one class, looks like another (Confident Learning): check its label"),
+    "outlier": ("warning", "unlike the other images of the folder: maybe not a photo of any class"),
 }
 
 @dataclass

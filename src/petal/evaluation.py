@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from petal import atomic
+from petal.cache import content_key
 from petal.data import ImageFolder, index_folder
 from petal.errors import ConfigError, DataError, RunFolderError
 from petal.predict import PredictionError, Predictor
@@ -52,6 +53,7 @@ class Evaluation:
     expected_calibration_error: float
     reliability: list[dict[str, float]]  # per confidence bin: lower, upper, count, confidence, accuracy
     mistakes: list[Mistake] = field(default_factory=list)  # most confident first
+    training_photos: int = 0  # files of `data` with the contents of a training photo of the model's run
 
     def table(self) -> str:
         width = max(len(name) for name in self.class_names + ["class"])
@@ -107,7 +109,13 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
         if true != predicted:
             item = (result.confidence, index, Mistake(folder.paths[index], names[true], result.label, result.confidence))
             (heapq.heappush if len(worst) < mistakes else heapq.heappushpop)(worst, item)
-    return _summarise(str(model_path), str(folder.root), names, confusion, in_top_k, top_k, bins, worst, failed)
+    evaluation = _summarise(str(model_path), str(folder.root), names, confusion, in_top_k, top_k, bins, worst, failed)
+    if data_dir is not None:
+        evaluation.training_photos = training_overlap(model_path, folder)
+        if evaluation.training_photos:
+            log.warning("%d of the %d photos in %s are training photos of this model (same contents): its accuracy on "
+                        "them is inflated; evaluate on photos it never saw", evaluation.training_photos, len(folder), data_dir)
+    return evaluation
 
 
 def _summarise(model, data, names, confusion, in_top_k, top_k, bins, worst, failed) -> Evaluation:
@@ -169,13 +177,27 @@ def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
     return written + [out / "confusion.png", out / "reliability.png"] + ([out / "mistakes.png"] if evaluation.mistakes else [])
 
 
-def default_output(model_path: str | os.PathLike) -> Path:
-    """RUN/evaluation/keras for a run folder, RUN/evaluation/<file stem> for its .tflite, else beside the file."""
+def default_output(model_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
+    """RUN/evaluation/keras for a run folder, RUN/evaluation/<file stem> for its .tflite, else beside the
+    file; with `data_dir`, the name ends in `-on-<data folder name>`, so an evaluation on other data never
+    replaces the one on the validation split (or another folder's)."""
     path = Path(model_path)
     run = run_of(path)
-    if path.is_dir():
-        return path / "evaluation" / "keras"
-    return (run.path if run else path.parent) / "evaluation" / path.stem
+    name = "keras" if path.is_dir() else path.stem
+    if data_dir is not None:
+        name += f"-on-{Path(data_dir).resolve().name}"
+    return (path if path.is_dir() else run.path if run else path.parent) / "evaluation" / name
+
+
+def training_overlap(model_path: str | os.PathLike, folder: ImageFolder) -> int:
+    """How many of `folder`'s files have the contents of a training photo of the model's run (0 outside a
+    run folder): their accuracy says little about new photos."""
+    run = run_of(Path(model_path))
+    if run is None:
+        return 0
+    train = run.split("train")
+    trained_on = {content_key(train.absolute(p)) for p in train.paths} - {None}
+    return sum(content_key(folder.absolute(p)) in trained_on for p in folder.paths)
 
 
 def run_of(path: Path) -> RunFolder | None:

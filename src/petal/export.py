@@ -167,6 +167,8 @@ def export_litert(
     )
     atomic.write_json(run.export_dir / "report.json", asdict(result))
     atomic.write_text(run.export_dir / "report.md", result.markdown())
+    # For runtimes that cannot read petal's metadata (TFLite Task Library style: one label per line, in output order)
+    atomic.write_text(run.export_dir / "labels.txt", run.labels_path.read_text(encoding="utf-8", errors="surrogateescape"))
     _remove_stale(run.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
     build_report(run.path)
     return result

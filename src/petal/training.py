@@ -63,7 +63,7 @@ class TrainResult:
 
 def make_split(config: TrainConfig) -> Split:
     return load_split(config.data_dir, config.val_split, config.seed, config.split_method, layout=config.layout,
-                      follow_links=config.follow_links)
+                      follow_links=config.follow_links, exclude=config.exclude)
 
 
 def decode_cache(config: TrainConfig) -> DecodeCache:

@@ -1,0 +1,270 @@
+"""Label issues, near copies and outliers on flower_photos (`petal data --label-issues`, petal.label_issues).
+
+    python benchmarks/label_issues.py [--data ../shared/datasets/flower_photos] [--work /tmp/petal-label-issues]
+                                      [--out benchmarks/results/label_issues] [--sweep]
+
+1. Label noise: a copy of the data under --work with a seeded random 3% of the photos (110 of 3,670) moved
+   to another class, chosen at random. `petal data COPY --label-issues --json` runs once from a cold cache
+   (timed, as a user runs it); then recall of the moved photos among the top 110 label-issue findings, and
+   how many of all flagged photos were moved. The flagged photos that were not moved go to a contact sheet
+   (noisy-not-moved.png) for a person to judge.
+   --sweep: the same measures for other heads, folds and cleanlab filters, on the cached embeddings.
+2. The untouched folder: its top 30 label-issue findings and every outlier, with contact sheets.
+3. Near copies: 50 seeded random photos, each re-encoded at JPEG quality 60, resized to half size and cropped
+   by 5% (left and top), added beside their originals. For each threshold: how many of the 150 copies lie
+   within it of their original (cosine distance between embeddings; Hamming distance between the doctor's
+   64-bit difference hashes), and how many pairs of different originals do too.
+Writes results.json and the PNGs to --out; prints the tables of docs/BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import machine  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PETAL = str(Path(sys.executable).parent / "petal")
+NOISE_FRACTION = 0.03
+SEED = 2026
+COPIES = 50
+DISTANCES = (0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.12, 0.15)
+HAMMING = (0, 2, 4, 6, 8, 10, 12)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "datasets" / "flower_photos")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/petal-label-issues"))
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "label_issues")
+    parser.add_argument("--sweep", action="store_true", help="also measure other heads, folds and filters")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: noise,untouched,copies")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    skip = set(args.skip.split(","))
+    if "noise" not in skip:
+        results["noise"] = label_noise(args)
+    if "untouched" not in skip:
+        results["untouched"] = untouched(args)
+    if "copies" not in skip:
+        results["copies"] = near_copies(args)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out / 'results.json'}")
+
+
+def noisy_copy(data: Path, target: Path) -> dict[str, str]:
+    """Copy `data` to `target` with NOISE_FRACTION of its photos moved to a random other class; returns
+    {new path: true class}."""
+    from petal.data import index_folder
+
+    record = target.with_suffix(".moved.json")
+    if record.exists() and target.exists():
+        return json.loads(record.read_text())
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(data, target)
+    folder = index_folder(target)
+    rng = np.random.default_rng(SEED)
+    count = round(NOISE_FRACTION * len(folder))
+    moved = {}
+    for i in rng.permutation(len(folder)):
+        if len(moved) == count:
+            break
+        path, label = folder.paths[i], folder.labels[i]
+        wrong = folder.class_names[rng.choice([c for c in range(len(folder.class_names)) if c != label])]
+        new = f"{wrong}/{Path(path).name}"
+        if (target / new).exists():
+            continue
+        shutil.move(target / path, target / new)
+        moved[new] = folder.class_names[label]
+    record.write_text(json.dumps(moved, indent=2))
+    return moved
+
+
+def label_noise(args) -> dict:
+    from petal.data import load_split
+    from petal.label_issues import find_issues, save_contact_sheet
+
+    noisy = args.work / "noisy"
+    moved = noisy_copy(args.data, noisy)
+    cache = args.work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)  # a cold cache: decode and embed everything
+    started = time.perf_counter()
+    command = [PETAL, "data", str(noisy), "--label-issues", "--json", "--cache-dir", str(cache), "--contact-sheet", str(args.out / "noisy-sheet.png")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    report = json.loads(done.stdout)
+    issues = [f for f in report["findings"] if f["kind"] == "label-issue"]  # worst first
+    flagged = [f["path"] for f in issues]
+    top = set(flagged[: len(moved)])
+    result = {
+        "command": " ".join(["petal", *command[1:]]), "cold_cache_seconds": round(wall, 1), "moved": len(moved),
+        "stages": report["label_issues"]["seconds"], "cross_validated_accuracy": report["label_issues"]["cross_validated_accuracy"],
+        "folds": report["label_issues"]["folds"], "flagged": len(flagged),
+        "recall_top_moved": round(len(top & set(moved)) / len(moved), 4),
+        "flagged_that_were_moved": len(set(flagged) & set(moved)),
+        "suggested_true_class": sum(1 for f in issues if f["path"] in moved and f["suggested"] == moved[f["path"]]),
+        "outliers": [f["path"] for f in report["findings"] if f["kind"] == "outlier"],
+    }
+    print(f"label noise: {json.dumps(result)}")
+    found = find_issues(load_split(noisy), cache_dir=cache)  # warm: the same findings, with the images for the sheets
+    not_moved = [f for f in found.of_kind("label-issue") if f.path not in moved]
+    save_contact_sheet(found, args.out / "noisy-not-moved.png", findings=not_moved, limit=120, columns=8)
+    result["flagged_not_moved"] = [[f.path, f.given, f.suggested, round(f.score, 4)] for f in not_moved]
+    missed = [p for p in moved if p not in top]
+    result["missed"] = [[p, moved[p], round(float(found.label_quality[found.paths.index(p)]), 4)] for p in missed]
+    if args.sweep:
+        result["sweep"] = sweep(found, moved, cache)
+    return result
+
+
+def sweep(found, moved: dict[str, str], cache: Path) -> list[dict]:
+    """Heads, folds and filters on the same embeddings: recall among the top len(moved), and flagged counts."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    features = _embeddings(found, cache)
+    labels = found.labels
+    is_moved = np.array([p in moved for p in found.paths])
+    heads = {
+        "standardised, C=0.1": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)),
+        "standardised, C=1": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)),
+        "L2-normalised, C=10": lambda: make_pipeline(Normalizer(), LogisticRegression(C=10.0, max_iter=2000)),
+    }
+    rows = []
+    for name, folds in [(n, 5) for n in heads] + [("standardised, C=1", 3), ("standardised, C=1", 10)]:
+        started = time.perf_counter()
+        probs = cross_val_predict(heads[name](), features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=123),
+                                  method="predict_proba")
+        seconds = time.perf_counter() - started
+        quality = probs[np.arange(len(labels)), labels]
+        top = np.argsort(quality, kind="stable")[: len(moved)]
+        row = {"head": name, "folds": folds, "seconds": round(seconds, 1), "accuracy": round(float((probs.argmax(1) == labels).mean()), 4),
+               "recall_top_moved": round(float(is_moved[top].mean()), 4)}
+        for filter_by in ("prune_by_noise_rate", "both", "confident_learning", "predicted_neq_given"):
+            mask = find_label_issues(labels, probs, filter_by=filter_by)
+            row[filter_by] = {"flagged": int(mask.sum()), "moved": int((mask & is_moved).sum())}
+        print(f"sweep: {json.dumps(row)}")
+        rows.append(row)
+    return rows
+
+
+def _embeddings(found, cache: Path) -> np.ndarray:
+    from petal.data import ImageFolder
+    from petal.label_issues import embed
+
+    folder = ImageFolder(found.images.folder.root, found.class_names, tuple(found.paths), found.labels.astype(np.int32))
+    _, rows = embed(folder, cache_dir=cache)
+    return rows.gather(np.arange(len(rows))).astype(np.float64)
+
+
+def untouched(args) -> dict:
+    from petal.data import load_split
+    from petal.label_issues import find_issues, save_contact_sheet
+
+    started = time.perf_counter()
+    found = find_issues(load_split(args.data), cache_dir=args.work / "cache")
+    seconds = time.perf_counter() - started
+    issues = found.of_kind("label-issue")
+    save_contact_sheet(found, args.out / "flower_photos-top30.png", findings=issues[:30], limit=30, columns=6)
+    save_contact_sheet(found, args.out / "flower_photos-outliers.png", findings=found.of_kind("outlier"), limit=60, columns=6)
+    near = [[f.kind, f.path, f.detail] for f in found.findings if f.kind.startswith("near-duplicate")]
+    result = {"seconds": round(seconds, 1), "flagged": len(issues), "cross_validated_accuracy": round(found.cross_validated_accuracy, 4),
+              "top30": [[f.path, f.given, f.suggested, round(f.score, 4)] for f in issues[:30]],
+              "outliers": [[f.path, f.given, f.suggested, round(f.score, 4), round(f.distance, 3)] for f in found.of_kind("outlier")],
+              "near_duplicates": near}
+    print(f"untouched: flagged {len(issues)}, outliers {len(result['outliers'])}, near duplicates {len(near)}")
+    return result
+
+
+def make_copies(data: Path, target: Path) -> list[tuple[str, str, str]]:
+    """`data` with COPIES seeded random photos each re-encoded, halved and cropped beside it; (copy, original, how)."""
+    from petal.data import index_folder
+
+    record = target.with_suffix(".copies.json")
+    if record.exists() and target.exists():
+        return [tuple(r) for r in json.loads(record.read_text())]
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(data, target)
+    folder = index_folder(data)
+    made = []
+    for i in np.random.default_rng(SEED + 1).choice(len(folder), COPIES, replace=False):
+        original = folder.paths[i]
+        stem = str(Path(original).with_suffix(""))
+        with Image.open(data / original) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            image.save(target / f"{stem}__q60.jpg", quality=60)
+            image.resize((w // 2, h // 2), Image.Resampling.LANCZOS).save(target / f"{stem}__half.jpg", quality=90)
+            image.crop((round(0.05 * w), round(0.05 * h), w, h)).save(target / f"{stem}__crop5.jpg", quality=90)
+        made += [(f"{stem}__{how}.jpg", original, how) for how in ("q60", "half", "crop5")]
+    record.write_text(json.dumps(made))
+    return made
+
+
+def near_copies(args) -> dict:
+    from petal.data import ImageFolder, index_folder
+    from petal.label_issues import difference_hashes, embed
+    from petal.plots import save_image_grid
+
+    target = args.work / "copies"
+    made = make_copies(args.data, target)
+    folder = index_folder(target)
+    images, rows = embed(folder, cache_dir=args.work / "cache")
+    row_of = {p: i for i, p in enumerate(images.paths)}
+    features = rows.gather(np.arange(len(rows))).astype(np.float64)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    hashes = dict(zip(images.paths, (int(h) for h in difference_hashes(images))))  # as label_issues computes them
+    copy_distance = {c: float(1 - unit[row_of[c]] @ unit[row_of[o]]) for c, o, _ in made}
+    copy_hamming = {c: bin(hashes[c] ^ hashes[o]).count("1") for c, o, _ in made}
+    # every pair of different originals (byte-identical ones are exact duplicates, not near copies)
+    originals = [row_of[p] for p in ImageFolder(target, folder.class_names, folder.paths, folder.labels).paths if "__" not in p]
+    sub = unit[originals]
+    distance = 1 - sub @ sub.T
+    keys = np.array([images.keys[i] for i in originals])
+    upper = np.triu(np.ones_like(distance, dtype=bool), 1) & (keys[:, None] != keys[None, :])
+    pair_i, pair_j = np.nonzero(upper & (distance < max(DISTANCES)))
+    original_hashes = np.array([hashes[images.paths[i]] for i in originals], dtype=np.uint64)
+    table = []
+    for t in DISTANCES:
+        found = {how: sum(1 for c, _, h in made if h == how and copy_distance[c] < t) for how in ("q60", "half", "crop5")}
+        false = int(((distance < t) & upper).sum())
+        table.append({"cosine_distance_below": t, **found, "pairs_of_originals": false})
+    hamming_table = []
+    xor = original_hashes[:, None] ^ original_hashes[None, :]
+    bits = np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(-1)
+    for r in HAMMING:
+        found = {how: sum(1 for c, _, h in made if h == how and copy_hamming[c] <= r) for how in ("q60", "half", "crop5")}
+        hamming_table.append({"hamming_at_most": r, **found, "pairs_of_originals": int(((bits <= r) & upper).sum())})
+    order = np.argsort(distance[pair_i, pair_j])
+    pairs = [[images.paths[originals[pair_i[k]]], images.paths[originals[pair_j[k]]], round(float(distance[pair_i[k], pair_j[k]]), 4),
+              int(bits[pair_i[k], pair_j[k]])] for k in order]
+    shown = pairs[:40]
+    if shown:
+        pictures = images.gather(np.array([row_of[p] for a, b, _, _ in shown for p in (a, b)]))
+        titles = [f"{p}\n{d:.3f} / {h} bits" for a, b, d, h in shown for p in (a, b)]
+        save_image_grid(pictures, titles, args.out / "near-copy-pairs-of-originals.png", columns=4)
+    result = {"copies": len(made), "table": table, "hamming_table": hamming_table, "pairs_of_originals": pairs,
+              "worst_copy_distance": {how: round(max(copy_distance[c] for c, _, h in made if h == how), 4) for how in ("q60", "half", "crop5")},
+              "worst_copy_hamming": {how: max(copy_hamming[c] for c, _, h in made if h == how) for how in ("q60", "half", "crop5")}}
+    print(f"near copies: {json.dumps({k: v for k, v in result.items() if k != 'pairs_of_originals'})}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+"""`petal data DIR --label-issues`: find the photos that are filed wrong, near copies and outliers, from embeddings.
+
+The method is Confident Learning (Northcutt, Jiang and Chuang, "Confident Learning: Estimating
+Uncertainty in Dataset Labels", JAIR 70, 2021), through the cleanlab library:
+
+1. Every usable image of the folder (every side of the split) is embedded by the default pretrained
+   backbone (MobileNetV2, ImageNet weights shipped with petal) through the decode cache and embedding
+   cache that training uses, with the same keys: a later `petal train` decodes and embeds nothing again,
+   and the other way round.
+2. Out-of-sample class probabilities come from K-fold cross-validation (scikit-learn's StratifiedKFold,
+   seeded) of a linear head (LogisticRegression) on the embeddings: every image is predicted by a head
+   that never saw it, as Confident Learning requires.
+3. `cleanlab.filter.find_label_issues` flags the images whose given class disagrees with those
+   probabilities beyond what the estimated noise rates explain; `cleanlab.rank.get_label_quality_scores`
+   scores them (self-confidence: the out-of-sample probability of the given class, 0..1, lower is worse).
+   The suggested class is the most probable one.
+4. `cleanlab.outlier.OutOfDistribution` scores how atypical each embedding is (mean cosine distance to
+   its 10 nearest neighbours); an image beyond Q3 + 1.7 IQR of that distance (cleanlab Datalab's default
+   rule) is an outlier.
+5. Near copies are pairs of different files whose embeddings lie within NEAR_DUPLICATE_DISTANCE (cosine,
+   on the same nearest-neighbour graph: some crops) or whose 64-bit difference hashes (the doctor's) differ
+   in at most HASH_RADIUS bits with embeddings within HASH_CONFIRM_DISTANCE (re-encoded and resized copies);
+   the thresholds and their measured precision and recall are in docs/DATA-DOCTOR.md (benchmarks/label_issues.py).
+
+The findings join the data doctor's (petal.doctor) by path, with kinds `label-issue`, `outlier` and
+`near-duplicate-*`. Nothing here deletes a file: `move_flagged` moves flagged files to a quarantine
+folder with a manifest that `undo_move` (`petal data --undo-move MANIFEST`) reads to put them back, and
+`read_exclusion_list` reads a list that `petal train --exclude` leaves out of the split.
+
+cleanlab and scikit-learn (the [train] extra) and Keras are imported only inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from petal import atomic
+from petal.data import ImageFolder, Split
+from petal.doctor import KINDS, DoctorReport, Finding
+from petal.errors import ConfigError, DataError, PetalError
+from petal.image import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger(__name__)
+
+# Chosen by measurement on flower_photos with 3% injected label noise (benchmarks/label_issues.py,
+# docs/BENCHMARKS.md): the folds of the cross-validation, the head's inverse regularisation strength, and
+# cleanlab's filter; the near-copy threshold from re-encoded, resized and cropped copies.
+DEFAULT_FOLDS = 5
+HEAD_C = 0.003  # strong L2 regularisation: better calibrated, and 0.872/0.869 accuracy against 0.835 at C=1
+FILTER_BY = "both"  # cleanlab's prune_by_noise_rate and prune_by_class together: fewer false alarms
+NEAR_DUPLICATE_DISTANCE = 0.05  # cosine distance between embeddings (some crops) ...
+HASH_RADIUS = 3  # ... or differing bits of the 64-bit difference hashes (every re-encoded and resized copy) ...
+HASH_CONFIRM_DISTANCE = 0.35  # ... when their embeddings agree this far: the three hash coincidences measured were >= 0.357
+NEIGHBOURS = 10  # cleanlab's default k for outliers and near duplicates
+OUTLIER_IQR_SCALE = 1 / 0.37037 - 1  # cleanlab Datalab's default for features: Q3 + 1.7 IQR of the mean distance
+CONTACT_SHEET_LIMIT = 48
+
+# What `petal train --exclude` takes from a `petal data --json` report, and what --move-to moves by default.
+EXCLUDE_KINDS = ("label-issue", "outlier")
+MANIFEST_FORMAT = 1
+
+
+@dataclass
+class ScoredFinding(Finding):
+    """A doctor finding with numbers: `given`/`suggested` class names, `score` in 0..1 (label quality for
+    `label-issue`, cleanlab's outlier score for `outlier`; lower is worse) and `distance` (cosine distance
+    between embeddings: to the nearest copy for `near-duplicate-*`, the mean to the nearest neighbours for
+    `outlier`) and `hash_bits` (how many of the 64 bits of their difference hashes differ, `near-duplicate-*`)."""
+
+    given: str = ""
+    suggested: str = ""
+    score: float | None = None
+    distance: float | None = None
+    hash_bits: int | None = None
+
+
+@dataclass
+class LabelIssues:
+    """What `find_issues` found, with the arrays it was found from (row i is `paths[i]`).
+
+    `pred_probs`: float32 (N, classes), out-of-sample; `label_quality`, `outlier_scores`: float64 (N,) in
+    0..1, lower is worse; `images`: the decoded images (petal.cache.CachedRows, uint8 H x W x 3) the
+    contact sheet is drawn from. `seconds`: wall time per stage."""
+
+    findings: list[ScoredFinding]
+    class_names: tuple[str, ...]
+    paths: list[str]
+    labels: np.ndarray
+    pred_probs: np.ndarray
+    label_quality: np.ndarray
+    outlier_scores: np.ndarray
+    folds: int
+    cross_validated_accuracy: float
+    skipped: dict[str, str]
+    images: object = field(repr=False, default=None)
+    seconds: dict[str, float] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def of_kind(self, *kinds: str) -> list[ScoredFinding]:
+        return [f for f in self.findings if f.kind in kinds]
+
+    def summary(self) -> dict:
+        """The run's settings and counts, for `petal data --json`."""
+        counts: dict[str, int] = {}
+        for finding in self.findings:
+            counts[finding.kind] = counts.get(finding.kind, 0) + 1
+        return {"method": "Confident Learning (Northcutt et al., JAIR 2021) via cleanlab", **self.settings,
+                "folds": self.folds, "images": len(self.paths), "cross_validated_accuracy": round(self.cross_validated_accuracy, 4),
+                "counts": counts, "skipped": self.skipped, "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+
+
+def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, image_size: tuple[int, int] | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS, folds: int = DEFAULT_FOLDS, seed: int = 123,
+                near_duplicate_distance: float = NEAR_DUPLICATE_DISTANCE, hash_radius: int = HASH_RADIUS, workers: int | None = None,
+                progress: Callable | None = None, embedding_progress: Callable | None = None, backbone=None) -> LabelIssues:
+    """Label issues, outliers and near copies among every image of `split` (train, validation and test).
+
+    Args:
+        split: from `petal.data.load_split`; labels are the class folders.
+        cache_dir: decode and embedding cache (None: $PETAL_CACHE_DIR or ~/.cache/petal), shared with training.
+        image_size: (height, width) in pixels the backbone sees; None: the default model's (224, 224).
+        folds: K of the stratified K-fold cross-validation (at most the smallest class's size).
+        seed: seeds the folds and the head, so a second run finds the same.
+        near_duplicate_distance: cosine distance (0..2) between embeddings under which two files are near copies.
+        hash_radius: ... or at most this many of the 64 bits of their difference hashes differ (-1: hashes unused).
+        progress, embedding_progress: `progress(iterable, total)` wrappers (a tqdm bar) for decoding
+            (per image) and embedding (per batch of 64).
+        backbone: another Keras model from (H, W, 3) 0..255 float images to (D,) embeddings (tests use a tiny
+            one); its input fixes the image size. None: the default pretrained backbone.
+
+    Returns:
+        LabelIssues, its findings sorted worst first within each kind.
+
+    Raises:
+        DataError: fewer than 2 usable images in some class, or fewer usable images than NEIGHBOURS + 1.
+        ConfigError: folds below 2 or a negative distance.
+        WeightsError: the backbone's weights cannot be had.
+    """
+    if folds < 2 or not near_duplicate_distance >= 0:
+        raise ConfigError(f"folds must be at least 2 and the near-copy distance at least 0. "
+                          f"Received: folds={folds}, near_duplicate_distance={near_duplicate_distance}")
+    folder, sides = _whole_folder(split)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    images, embeddings = embed(folder, cache_dir=cache_dir, image_size=image_size, max_pixels=max_pixels, workers=workers,
+                               progress=progress, embedding_progress=embedding_progress, backbone=backbone)
+    timings["embeddings"] = time.perf_counter() - started
+    features = embeddings.gather(np.arange(len(embeddings))).astype(np.float64)
+    labels = images.labels.astype(np.int64)
+    counts = np.bincount(labels, minlength=len(folder.class_names))
+    if counts.min() < 2 or len(labels) <= NEIGHBOURS:
+        raise DataError(f"{folder.root}: finding label issues needs at least 2 usable images in every class and "
+                        f"{NEIGHBOURS + 1} in all; usable images per class: "
+                        + ", ".join(f"{name} {n}" for name, n in zip(folder.class_names, counts)))
+    folds = int(min(folds, counts.min()))
+    started = time.perf_counter()
+    pred_probs = out_of_sample_probabilities(features, labels, folds=folds, seed=seed)
+    timings["cross_validation"] = time.perf_counter() - started
+    started = time.perf_counter()
+    issues = _find(folder.class_names, images.paths, labels, pred_probs, features, difference_hashes(images), images.keys, sides,
+                   near_duplicate_distance, hash_radius)
+    timings["cleanlab"] = time.perf_counter() - started
+    findings, label_quality, outlier_scores = issues
+    return LabelIssues(
+        findings=findings, class_names=folder.class_names, paths=images.paths, labels=labels, pred_probs=pred_probs.astype(np.float32),
+        label_quality=label_quality, outlier_scores=outlier_scores, folds=folds,
+        cross_validated_accuracy=float(np.mean(pred_probs.argmax(1) == labels)), skipped=dict(images.failures), images=images,
+        seconds=timings, settings={"image_size": list(images.image_size), "head": f"LogisticRegression(C={HEAD_C})",
+                                   "filter_by": FILTER_BY, "near_duplicate_distance": near_duplicate_distance,
+                                   "hash_radius": hash_radius, "seed": seed},
+    )
+
+
+def _whole_folder(split: Split) -> tuple[ImageFolder, dict[str, str]]:
+    """Every side of the split as one folder (label issues are the same wherever a file sits), and each path's side."""
+    parts = [("train", split.train), ("validation", split.validation)] + ([("test", split.test)] if split.test else [])
+    paths = tuple(p for _, folder in parts for p in folder.paths)
+    labels = np.concatenate([folder.labels for _, folder in parts]).astype(np.int32)
+    sides = {p: side for side, folder in parts for p in folder.paths}
+    return ImageFolder(split.train.root, split.train.class_names, paths, labels), sides
+
+
+def embed(folder: ImageFolder, *, cache_dir=None, image_size=None, max_pixels: int = DEFAULT_MAX_PIXELS, workers=None,
+          progress=None, embedding_progress=None, backbone=None):
+    """(decoded images, embeddings) of `folder` as petal.cache.CachedRows: uint8 (H, W, 3) and float32 (1280,)
+    rows of the default model's frozen backbone (or `backbone`'s), through the very caches (and keys) `petal train` uses."""
+    from petal.cache import default_cache_root
+    from petal.config import TrainConfig
+    from petal.embeddings import EmbeddingCache
+    from petal.models import DEFAULT_MODEL, create_model
+    from petal.training import decode_cache
+
+    if backbone is not None:
+        image_size = tuple(backbone.input_shape[1:3])
+    config = TrainConfig.for_model(str(folder.root), DEFAULT_MODEL, cache_dir=None if cache_dir is None else str(cache_dir),
+                                   max_pixels=max_pixels, image_size=None if image_size is None else tuple(image_size))
+    decoder = decode_cache(config)
+    images = decoder.load(folder, workers=workers, progress=progress)
+    if backbone is None:
+        name, backbone = config.model, create_model(config.model, len(folder.class_names), config.image_size, config.weights or "imagenet").features
+    else:
+        name = f"custom-{backbone.name}"
+    cache = EmbeddingCache(config.cache_dir or default_cache_root(), name, backbone, decoder.settings)
+    return images, cache.load(images, progress=embedding_progress)
+
+
+def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, *, folds: int = DEFAULT_FOLDS, seed: int = 123,
+                                c: float = HEAD_C) -> np.ndarray:
+    """(N, classes) float64 probabilities, each row from a LogisticRegression head (on the raw embeddings,
+    inverse L2 strength `c`) fitted on the other folds of a seeded StratifiedKFold (scikit-learn's
+    `cross_val_predict`). `features`: (N, D) float; `labels`: (N,) int in 0..classes-1, every class present
+    at least `folds` times."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    head = LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    folding = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(head, features, labels, cv=folding, method="predict_proba")
+
+
+def _find(class_names, paths, labels, pred_probs, features, hashes, keys, sides, near_duplicate_distance, hash_radius):
+    """cleanlab's label issues and outlier scores, and near copies on the same nearest-neighbour graph."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.outlier import OutOfDistribution
+    from cleanlab.rank import get_label_quality_scores
+    from scipy.stats import iqr
+
+    quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
+    flagged = find_label_issues(labels, pred_probs, filter_by=FILTER_BY, return_indices_ranked_by="self_confidence")
+    suggested = pred_probs.argmax(1)
+    findings = [
+        ScoredFinding(paths[i], "label-issue", f"given {class_names[labels[i]]}, suggested {class_names[suggested[i]]} "
+                      f"(label quality {quality[i]:.3f})", class_names[labels[i]], class_names[suggested[i]], float(quality[i]))
+        for i in flagged
+    ]
+    ood = OutOfDistribution(params={"k": NEIGHBOURS})
+    outlier_scores = ood.fit_score(features=features, verbose=False)
+    distances, neighbours = ood.params["knn"].kneighbors()  # each image's nearest others, itself left out; cosine
+    mean_distance = distances[:, :NEIGHBOURS].mean(1)
+    limit = np.percentile(mean_distance, 75) + OUTLIER_IQR_SCALE * iqr(mean_distance)
+    for i in np.argsort(outlier_scores):
+        if mean_distance[i] > limit:
+            findings.append(ScoredFinding(
+                paths[i], "outlier", f"mean cosine distance {mean_distance[i]:.3f} to its {NEIGHBOURS} nearest images "
+                f"(outlier score {outlier_scores[i]:.3f}; given {class_names[labels[i]]}, suggested {class_names[suggested[i]]})",
+                class_names[labels[i]], class_names[suggested[i]], float(outlier_scores[i]), float(mean_distance[i])))
+    findings += near_duplicates(paths, labels, class_names, keys, sides, features, hashes, distances, neighbours,
+                                near_duplicate_distance, hash_radius)
+    return findings, quality, outlier_scores
+
+
+def difference_hashes(images) -> np.ndarray:
+    """uint64 (N,): the doctor's 64-bit difference hash (petal.doctor) of each decoded image row."""
+    from PIL import Image
+
+    from petal.doctor import _difference_hash
+
+    hashes = np.zeros(len(images), dtype=np.uint64)
+    for start in range(0, len(images), 256):
+        batch = images.gather(np.arange(start, min(start + 256, len(images))))
+        hashes[start : start + len(batch)] = [_difference_hash(Image.fromarray(row)) for row in batch]
+    return hashes
+
+
+def hash_pairs(hashes: np.ndarray, radius: int, rows: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, differing bits) of every pair i < j whose 64-bit hashes differ in at most `radius` bits,
+    compared a block of `rows` at a time (memory: rows x N bytes)."""
+    found_i, found_j, found_bits = [], [], []
+    for start in range(0, len(hashes), rows):
+        bits = np.bitwise_count(hashes[start : start + rows, None] ^ hashes[None, :])
+        i, j = np.nonzero(bits <= radius)
+        keep = j > i + start
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep])
+        found_bits.append(bits[i[keep], j[keep]])
+    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_bits).astype(np.int64)
+
+
+def near_duplicates(paths: Sequence[str], labels: np.ndarray, class_names, keys: Sequence[str], sides: dict[str, str],
+                    features: np.ndarray, hashes: np.ndarray, distances: np.ndarray, neighbours: np.ndarray,
+                    threshold: float, radius: int) -> list[ScoredFinding]:
+    """`near-duplicate-*` findings for groups of files linked by pairs whose embeddings lie within `threshold`
+    (cosine, on the nearest-neighbour graph `distances`, `neighbours`: (N, k) from sklearn's `kneighbors()`) or
+    whose difference hashes differ in at most `radius` of 64 bits and whose embeddings lie within
+    HASH_CONFIRM_DISTANCE (two plain photos can share a hash). Byte-identical pairs (same content key) are
+    left to the doctor's exact `duplicate-*` findings."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows, cols = np.nonzero(distances < threshold)
+    candidates = {tuple(sorted((int(i), int(neighbours[i, j])))) for i, j in zip(rows, cols)}
+    flat = (hashes == 0) | (hashes == np.uint64(2**64 - 1))  # flat images all hash alike (as in petal.doctor)
+    candidates |= {(int(i), int(j)) for i, j, _ in zip(*hash_pairs(hashes, radius)) if not (flat[i] or flat[j])}
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    pairs = [(i, j, float(1 - unit[i] @ unit[j]), int(np.bitwise_count(hashes[i] ^ hashes[j])))
+             for i, j in sorted(candidates) if keys[i] != keys[j]]
+    pairs = [(i, j, d, bits) for i, j, d, bits in pairs if d < threshold or d < HASH_CONFIRM_DISTANCE]
+    if not pairs:
+        return []
+    n = len(paths)
+    graph = coo_matrix((np.ones(len(pairs)), ([p[0] for p in pairs], [p[1] for p in pairs])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    nearest: dict[int, tuple[float, int, int]] = {}
+    for i, j, d, bits in pairs:
+        for a, b in ((i, j), (j, i)):
+            if a not in nearest or d < nearest[a][0]:
+                nearest[a] = (d, bits, b)
+    groups: dict[int, list[int]] = {}
+    for i in sorted(nearest, key=lambda i: paths[i]):
+        groups.setdefault(component[i], []).append(i)
+    findings = []
+    for group in groups.values():
+        def finding(i, kind, prefix=""):
+            d, bits, j = nearest[i]
+            return ScoredFinding(paths[i], kind, f"{prefix}cosine distance {d:.3f}, {bits} of 64 hash bits differ, to {paths[j]}",
+                                 class_names[labels[i]], class_names[labels[j]], None, d, bits)
+        classes = {int(labels[i]) for i in group}
+        if len(classes) > 1:
+            names = ", ".join(sorted(class_names[c] for c in classes))
+            findings += [finding(i, "near-duplicate-across-classes", f"classes {names}; ") for i in group]
+        else:
+            findings += [finding(i, "near-duplicate-within-class") for i in group[1:]]
+        if len({sides[paths[i]] for i in group}) > 1:
+            findings += [finding(i, "near-duplicate-across-split") for i in group if sides[paths[i]] != "train"]
+    return findings
+
+
+def merge(report: DoctorReport, issues: LabelIssues) -> DoctorReport:
+    """The doctor's report with `issues`' findings added by path. A near copy both found (by equal difference
+    hash, petal.doctor) and measured (by embedding distance) is listed once, with its distance. Sorted by kind,
+    then worst first for `label-issue` and `outlier`, then by path."""
+    ours = {(f.path, f.kind) for f in issues.findings}
+    findings = [f for f in report.findings if (f.path, f.kind) not in ours] + list(issues.findings)
+    order = list(KINDS)
+
+    def key(f: Finding):
+        ranked = isinstance(f, ScoredFinding) and f.kind in ("label-issue", "outlier")
+        return order.index(f.kind), f.score if ranked else 0.0, f.path
+
+    return dataclasses.replace(report, findings=sorted(findings, key=key))
+
+
+def save_contact_sheet(issues: LabelIssues, path: str | os.PathLike, *, limit: int = CONTACT_SHEET_LIMIT, columns: int = 6,
+                       findings: Iterable[ScoredFinding] | None = None) -> Path | None:
+    """A PNG grid of the suspect photos, worst first: each label issue, then each outlier, up to `limit`, titled
+    with its given and suggested class and file name. None (nothing written) when there is no suspect."""
+    from petal.plots import save_image_grid
+
+    chosen = list(findings) if findings is not None else issues.of_kind("label-issue") + issues.of_kind("outlier")
+    chosen = chosen[:limit]
+    if not chosen:
+        return None
+    row_of = {p: i for i, p in enumerate(issues.paths)}
+    pictures = issues.images.gather(np.array([row_of[f.path] for f in chosen]))
+    titles = []
+    for rank, f in enumerate(chosen, start=1):
+        what = f"{f.given} -> {f.suggested}" if f.kind == "label-issue" else f"outlier: {f.given} ({f.suggested}?)"
+        name = Path(f.path).name
+        titles.append(f"{rank}. {what}\n{name if len(name) <= 30 else name[:27] + '...'}  {f.score:.2f}")
+    save_image_grid(pictures, titles, path, columns=columns)
+    return Path(path)
+
+
+def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantine: str | os.PathLike,
+                 kinds: Sequence[str] = EXCLUDE_KINDS) -> tuple[Path, int]:
+    """Move (never delete) every file with a finding of `kinds` from `root` to `quarantine`, keeping its path
+    relative to `root` (so its class folder); returns (manifest path, files moved). The manifest, written
+    before the first move, is what `undo_move` reads.
+
+    Raises:
+        ConfigError: an unknown kind, or a quarantine folder inside `root` (it would be read as a class).
+        PetalError: a file of that name is already in the quarantine (nothing is overwritten or moved).
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown)}")
+    root, quarantine = Path(root).resolve(), Path(quarantine).resolve()
+    if quarantine == root or root in quarantine.parents:
+        raise ConfigError(f"{quarantine}: the quarantine folder must be outside the data folder {root} (inside it, it would be read as a class)")
+    kinds_of: dict[str, list[str]] = {}
+    for f in findings:
+        if f.kind in kinds:
+            kinds_of.setdefault(f.path, []).append(f.kind)
+    entries = [{"path": p, "kinds": sorted(set(k))} for p, k in sorted(kinds_of.items()) if (root / p).is_file()]
+    taken = [e["path"] for e in entries if (quarantine / e["path"]).exists()]
+    if taken:
+        raise PetalError(f"{quarantine}: already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; choose another folder")
+    manifest = quarantine / f"manifest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    atomic.write_json(manifest, {"format": MANIFEST_FORMAT, "root": str(root), "quarantine": str(quarantine),
+                                 "undo": f"petal data --undo-move {manifest}", "moved": entries})
+    for entry in entries:
+        target = quarantine / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(root / entry["path"], target)
+    log.info("moved %d files to %s; undo: petal data --undo-move %s", len(entries), quarantine, manifest)
+    return manifest, len(entries)
+
+
+def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
+    """Move the files `move_flagged` recorded in `manifest` back where they were; returns (files restored,
+    problems). A file whose old place is taken again is left in the quarantine and named in the problems;
+    one already back (or never moved) is skipped.
+
+    Raises:
+        ConfigError: `manifest` is not a petal quarantine manifest.
+    """
+    try:
+        record = json.loads(Path(manifest).read_text())
+        root, quarantine, entries = Path(record["root"]), Path(record["quarantine"]), record["moved"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{manifest}: not a manifest written by petal data --move-to ({exc})") from None
+    restored, problems = 0, []
+    for entry in entries:
+        source, target = quarantine / entry["path"], root / entry["path"]
+        if not source.exists():
+            if not target.exists():
+                problems.append(f"{entry['path']}: in neither {quarantine} nor {root}")
+            continue
+        if target.exists():
+            problems.append(f"{entry['path']}: {target} exists again; left in {quarantine}")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+        restored += 1
+    return restored, problems
+
+
+def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> tuple[str, ...]:
+    """The paths (relative to `root`, sorted) that `source` lists for `petal train --exclude`: a `petal data
+    --json` report (the paths of its EXCLUDE_KINDS findings), a JSON list of paths, or a text file with one
+    path per line (blank lines and lines starting with # ignored). Absolute paths inside `root` are made relative.
+
+    Raises:
+        ConfigError: the file cannot be read or is JSON of another shape.
+    """
+    try:
+        text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the exclusion list ({exc.strerror or exc})") from None
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and isinstance(data.get("findings"), list):
+            entries = [f["path"] for f in data["findings"] if isinstance(f, dict) and f.get("kind") in EXCLUDE_KINDS]
+        elif isinstance(data, list) and all(isinstance(p, str) for p in data):
+            entries = data
+        else:
+            raise ConfigError(f"{source}: expected the JSON of `petal data --json` or a JSON list of paths")
+    else:
+        entries = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    root = Path(root).resolve()
+    relative = []
+    for entry in entries:
+        path = Path(entry)
+        # an absolute path, or one relative to the working folder, inside `root`
+        if (path.is_absolute() or not (root / path).exists()) and root in path.resolve().parents:
+            entry = os.path.relpath(path.resolve(), root)
+        relative.append(entry)
+    return tuple(sorted(set(relative)))

@@ -1,0 +1,194 @@
+"""`petal data --label-issues`: label issues, near copies and outliers from embeddings (petal.label_issues).
+
+Made images of three colours, each a random 4x4 pattern half-way to its class colour, embedded by a tiny
+fixed backbone (the pattern, 4x4 average-pooled) so the geometry is known; the shared-cache and command
+tests use the shipped MobileNetV2 on a few of the bundled sample photos. Everything runs offline.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASS_COLOURS, PETAL
+from PIL import Image
+
+from petal.data import load_split
+from petal.doctor import examine
+
+pytest.importorskip("cleanlab")
+
+SIZE = 16  # what the tiny backbone sees
+
+
+def pattern_image(path: Path, colour, seed: int, size: int = 64) -> Path:
+    """A random 4x4 grid of colours, each half-way to `colour`, smoothly scaled up to size x size."""
+    grid = np.random.default_rng(seed).integers(0, 256, (4, 4, 3)).astype(float)
+    pixels = (0.5 * grid + 0.5 * np.asarray(colour)).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+def tiny_backbone():
+    import keras
+
+    return keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 127.5, offset=-1),
+                             keras.layers.AveragePooling2D(SIZE // 4), keras.layers.Flatten()], name="tiny")
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """12 images per class, plus a red image filed as blue, a JPEG quality-60 copy, and a black-and-white checkerboard."""
+    root = tmp_path_factory.mktemp("label-issues") / "photos"
+    for c, (name, colour) in enumerate(CLASS_COLOURS.items()):
+        for i in range(12):
+            pattern_image(root / name / f"img_{i:03d}.png", colour, 100 * c + i)
+    pattern_image(root / "blue" / "filed_wrong.png", CLASS_COLOURS["red"], 999)
+    Image.open(root / "green" / "img_003.png").save(root / "green" / "copy_q60.jpg", quality=60)
+    checker = (np.indices((64, 64)) // 16).sum(0) % 2 * 255
+    Image.fromarray(checker.astype(np.uint8)).convert("RGB").save(root / "red" / "checkerboard.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def found(messy, tmp_path_factory):
+    from petal.label_issues import find_issues
+
+    return find_issues(load_split(messy), cache_dir=tmp_path_factory.mktemp("cache"), backbone=tiny_backbone())
+
+
+def paths_of(findings, kind):
+    return {f.path for f in findings if f.kind == kind}
+
+
+def test_a_photo_filed_under_the_wrong_class_is_the_worst_label_issue_with_its_real_class_suggested(found):
+    issues = [f for f in found.findings if f.kind == "label-issue"]
+    assert issues[0].path == "blue/filed_wrong.png"
+    assert (issues[0].given, issues[0].suggested) == ("blue", "red")
+    assert 0 <= issues[0].score < 0.5
+    assert found.pred_probs.shape == (len(found.paths), 3) and np.allclose(found.pred_probs.sum(1), 1, atol=1e-5)
+    assert len(issues) <= 3  # clean made images: little else is flagged
+
+
+def test_a_re_encoded_copy_is_a_near_duplicate_with_its_distance_and_an_odd_image_an_outlier(found):
+    near = [f for f in found.findings if f.kind == "near-duplicate-within-class"]
+    assert [(f.path, f.detail.split(" to ")[-1]) for f in near] == [("green/img_003.png", "green/copy_q60.jpg")]
+    assert 0 <= near[0].distance < 0.05
+    assert paths_of(found.findings, "outlier") == {"red/checkerboard.png"}
+
+
+def test_findings_join_the_doctors_report_and_its_json_by_path(found, messy):
+    from petal.label_issues import merge
+
+    report = merge(examine(load_split(messy)), found)
+    as_json = report.to_json()["findings"]
+    issue = next(f for f in as_json if f["kind"] == "label-issue")
+    assert issue["path"] == "blue/filed_wrong.png" and issue["given"] == "blue" and issue["suggested"] == "red"
+    assert issue["severity"] == "warning" and issue["score"] < 0.5
+    # the doctor's equal-hash near copy is listed once, with the measured distance
+    near = [f for f in as_json if f["kind"] == "near-duplicate-within-class"]
+    assert len(near) == 1 and near[0]["distance"] is not None
+
+
+def test_the_contact_sheet_shows_the_suspects(found, tmp_path):
+    from petal.label_issues import save_contact_sheet
+
+    sheet = save_contact_sheet(found, tmp_path / "sheet.png")
+    with Image.open(sheet) as image:
+        assert image.format == "PNG" and image.width > 200
+
+
+def test_move_to_quarantine_moves_flagged_files_and_the_manifest_undoes_it(found, messy, tmp_path):
+    from petal.label_issues import move_flagged, undo_move
+
+    work = shutil.copytree(messy, tmp_path / "photos")
+    manifest, moved = move_flagged(found.findings, work, tmp_path / "quarantine")
+    assert moved == 2
+    assert (tmp_path / "quarantine" / "blue" / "filed_wrong.png").is_file() and not (work / "blue" / "filed_wrong.png").exists()
+    assert json.loads(manifest.read_text())["undo"].startswith("petal data --undo-move")
+    assert undo_move(manifest) == (2, [])
+    assert (work / "blue" / "filed_wrong.png").is_file() and (work / "red" / "checkerboard.png").is_file()
+
+
+def test_a_quarantine_inside_the_data_folder_is_refused(found, messy):
+    from petal.errors import ConfigError
+    from petal.label_issues import move_flagged
+
+    with pytest.raises(ConfigError, match="outside the data folder"):
+        move_flagged(found.findings, messy, messy / "quarantine")
+
+
+def test_an_exclusion_list_leaves_its_files_out_and_every_other_file_keeps_its_side(messy, tmp_path):
+    from petal.label_issues import read_exclusion_list
+
+    listed = tmp_path / "exclude.json"
+    listed.write_text(json.dumps({"findings": [{"path": "blue/filed_wrong.png", "kind": "label-issue"},
+                                               {"path": "green/img_001.png", "kind": "hidden"}]}))
+    (tmp_path / "exclude.txt").write_text(f"# by hand\n{messy / 'red' / 'checkerboard.png'}\n")
+    assert read_exclusion_list(listed, messy) == ("blue/filed_wrong.png",)
+    assert read_exclusion_list(tmp_path / "exclude.txt", messy) == ("red/checkerboard.png",)
+    full = load_split(messy)
+    kept = load_split(messy, exclude=("blue/filed_wrong.png",))
+    assert "blue/filed_wrong.png" not in kept.train.paths + kept.validation.paths
+    assert set(kept.validation.paths) == set(full.validation.paths) - {"blue/filed_wrong.png"}
+
+
+def test_label_issues_share_trainings_embedding_cache(tmp_path):
+    """Embeddings computed for label issues are the ones `petal train` reads: training computes none."""
+    from petal.cache import ShardStore
+    from petal.config import TrainConfig
+    from petal.embeddings import EmbeddingCache
+    from petal.label_issues import find_issues
+    from petal.sample_data import sample_folder
+    from petal.training import build_classifier, decode_cache
+
+    root = tmp_path / "sample"
+    for class_dir in sorted(Path(sample_folder()).iterdir()):
+        for photo in sorted(class_dir.iterdir())[:4]:
+            (root / class_dir.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(photo, root / class_dir.name / photo.name)
+    found = find_issues(load_split(root), cache_dir=tmp_path / "cache", image_size=(32, 32))
+    config = TrainConfig.for_model(str(root), "mobilenet-v2", image_size=(32, 32), cache_dir=str(tmp_path / "cache"))
+    cache = EmbeddingCache(tmp_path / "cache", config.model, build_classifier(config, 5).features, decode_cache(config).settings)
+    assert len(ShardStore(cache.dir).index) == len(found.paths) == 20
+
+
+def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path):
+    from petal.sample_data import sample_folder
+
+    root = tmp_path / "sample"
+    for class_dir in sorted(Path(sample_folder()).iterdir()):
+        for photo in sorted(class_dir.iterdir())[:8]:
+            (root / class_dir.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(photo, root / class_dir.name / photo.name)
+    pattern_image(root / "roses" / "made.png", (40, 180, 60), 1)
+    sheet, quarantine = tmp_path / "sheet.png", tmp_path / "q"
+    result = subprocess.run([PETAL, "data", str(root), "--label-issues", "--json", "--contact-sheet", str(sheet), "--move-to", str(quarantine),
+                             "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    flagged = {f["path"] for f in report["findings"] if f["kind"] in ("label-issue", "outlier")}
+    assert report["label_issues"]["images"] == 41 and report["moved"]["files"] == len(flagged) > 0
+    assert sheet.is_file() and all((quarantine / p).is_file() for p in flagged)
+    undo = subprocess.run([PETAL, "data", "--undo-move", report["moved"]["manifest"]], capture_output=True, text=True)
+    assert undo.returncode == 0, undo.stderr
+    assert all((root / p).is_file() for p in flagged)
+
+
+def test_train_exclude_leaves_the_listed_files_out_of_the_split_and_records_them_in_the_config(messy, tmp_path):
+    from petal.cli import build_parser
+    from petal.config import TrainConfig
+    from petal.training import make_split
+
+    listed = tmp_path / "exclude.txt"
+    listed.write_text("blue/filed_wrong.png\nred/checkerboard.png\n")
+    assert build_parser().parse_args(["train", str(messy), "--exclude", str(listed)]).exclude == str(listed)
+    config = TrainConfig(str(messy), "tutorial", exclude=["red/checkerboard.png", "blue/filed_wrong.png"])
+    split = make_split(config)
+    assert not {"blue/filed_wrong.png", "red/checkerboard.png"} & set(split.train.paths + split.validation.paths)
+    saved = json.loads(json.dumps(config.to_dict()))  # as config.json holds it in the run folder
+    assert saved["exclude"] == ["blue/filed_wrong.png", "red/checkerboard.png"]
+    assert TrainConfig.from_dict(saved) == config
