@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from petal.config import AUGMENTATIONS, EXPORT_VARIANTS, INT8_IO_TYPES, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, ExportConfig
 from petal.cluster import stop_orphans
+from petal.config import AUGMENTATIONS, EXPORT_VARIANTS, INT8_IO_TYPES, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, ExportConfig
 from petal.errors import MissingDependencyError, PetalError
-from petal.native_log import native_log_silenced
 from petal.image import DEFAULT_MAX_PIXELS
+from petal.native_log import native_log_silenced
 
 log = logging.getLogger("petal")
 

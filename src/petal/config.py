@@ -9,10 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petal.errors import ConfigError
 from petal.data import check_seed
+from petal.errors import ConfigError
 from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
-
 
 AUGMENTATIONS = {
     "none": "no augmentation",

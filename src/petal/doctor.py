@@ -21,7 +21,13 @@ from PIL import Image
 from petal.data import Split
 from petal.errors import ImageError
 from petal.image import (
-    DEFAULT_MAX_PIXELS, FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS, TRANSPOSE_OF_ORIENTATION, check_pixel_limit, identify, load_rgb,
+    DEFAULT_MAX_PIXELS,
+    FORMAT_OF_EXTENSION,
+    IMAGE_EXTENSIONS,
+    TRANSPOSE_OF_ORIENTATION,
+    check_pixel_limit,
+    identify,
+    load_rgb,
     open_regular,
 )
 
