@@ -29,6 +29,8 @@ VARIANTS = {
     "no-label-smoothing": ["--label-smoothing", "0"],
     "lr-1e-4": ["--fine-tune-learning-rate", "1e-4"],
     "frozen": ["--fine-tune-blocks", "0"],
+    "batch-16": ["--batch-size", "16"],
+    "batch-32": ["--batch-size", "32"],
 }
 
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDINGS_FORMAT = 1
 SHARD_ROWS = 4096
-BATCH_SIZE = 64
+BATCH_SIZE = 16  # 64 peaked 0.75 GB higher at 224 px and was 25% slower on 2 cores (docs/BENCHMARKS.md)
 
 
 def weights_digest(model: keras.Model) -> str:
