@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def machine() -> str:
-    from petal.precision import cpu_flags
+    from petal.training.precision import cpu_flags
 
     cpu = "unknown CPU"
     try:

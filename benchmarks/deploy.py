@@ -30,7 +30,7 @@ def main():
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from petal.models import DEFAULT_MODEL
+    from petal.registry import DEFAULT_MODEL
 
     given = dict(item.split("=", 1) for item in args.run)
     petal = [sys.executable, "-m", "petal"]
@@ -70,9 +70,9 @@ def tutorial_own_tflite(run_dir: Path) -> dict:
     import tensorflow as tf
 
     from petal.config import ExportConfig
-    from petal.export import compare_with_keras, measure_speed, speed_batch
-    from petal.run import RunFolder
-    from petal.training import decode_cache
+    from petal.run_folder import RunFolder
+    from petal.training.export import compare_with_keras, measure_speed, speed_batch
+    from petal.training.loop import decode_cache
 
     run = RunFolder(run_dir)
     model = run.load_model()

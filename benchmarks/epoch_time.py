@@ -33,12 +33,12 @@ def main():
     import keras
     import tensorflow as tf
 
-    from petal.augment import build_augmentation
     from petal.config import TrainConfig
-    from petal.models import DEFAULT_MODEL
-    from petal.pipeline import make_dataset
-    from petal.precision import KERAS_POLICY
-    from petal.training import build_classifier, compile_for_training, decode_cache, make_split
+    from petal.registry import DEFAULT_MODEL
+    from petal.training.augment import build_augmentation
+    from petal.training.loop import build_classifier, compile_for_training, decode_cache, make_split
+    from petal.training.pipeline import make_dataset
+    from petal.training.precision import KERAS_POLICY
 
     base = TrainConfig.for_model(args.data, DEFAULT_MODEL, cache_dir=args.cache_dir)
     images = decode_cache(base).load(make_split(base).train)

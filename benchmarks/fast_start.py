@@ -50,13 +50,13 @@ def run_variant(name: str, data: str, cache_dir: str, epochs: int) -> None:
     """One variant in this process: prints one JSON line per epoch."""
     import keras
 
-    import petal.augment
-    from petal.augment import build_augmentation
+    import petal.training.augment
     from petal.config import TrainConfig
-    from petal.models import DEFAULT_MODEL
-    from petal.pipeline import make_dataset
-    from petal.precision import resolve_precision
-    from petal.training import build_classifier, compile_for_training, dtype_policy, learning_rate, make_split, prepare_data
+    from petal.registry import DEFAULT_MODEL
+    from petal.training.augment import build_augmentation
+    from petal.training.loop import build_classifier, compile_for_training, dtype_policy, learning_rate, make_split, prepare_data
+    from petal.training.pipeline import make_dataset
+    from petal.training.precision import resolve_precision
 
     knobs = {k: v for k, v in VARIANTS[name].items() if k.startswith("_")}
     settings = {k: v for k, v in VARIANTS[name].items() if not k.startswith("_")}
@@ -64,11 +64,11 @@ def run_variant(name: str, data: str, cache_dir: str, epochs: int) -> None:
     keras.utils.set_random_seed(config.training_seed)
     data_ = prepare_data(config, make_split(config))
     if "_stem" in knobs:
-        import petal.models.resnet
-        petal.models.resnet.STEM, petal.models.resnet.STRIDES = knobs["_stem"]
+        import petal.training.models.resnet
+        petal.training.models.resnet.STEM, petal.training.models.resnet.STRIDES = knobs["_stem"]
     if "_crop_area_min" in knobs:
-        crop = petal.augment.random_resized_crop
-        petal.augment.random_resized_crop = lambda images, size: crop(images, size, area=(knobs["_crop_area_min"], 1.0))
+        crop = petal.training.augment.random_resized_crop
+        petal.training.augment.random_resized_crop = lambda images, size: crop(images, size, area=(knobs["_crop_area_min"], 1.0))
     with dtype_policy(resolve_precision(config.precision)):
         model = build_classifier(config, 5).classifier
         compile_for_training(model, config, len(data_.train))

@@ -1,4 +1,4 @@
-"""Label issues, near copies and outliers on flower_photos (`petal data --label-issues`, petal.label_issues).
+"""Label issues, near copies and outliers on flower_photos (`petal data --label-issues`, petal.training.label_issues).
 
     python benchmarks/label_issues.py [--data ../shared/datasets/flower_photos] [--work /tmp/petal-label-issues]
                                       [--out benchmarks/results/label_issues] [--sweep]
@@ -66,7 +66,7 @@ def main():
 def noisy_copy(data: Path, target: Path) -> dict[str, str]:
     """Copy `data` to `target` with NOISE_FRACTION of its photos moved to a random other class; returns
     {new path: true class}."""
-    from petal.data import index_folder
+    from petal.data.folder import index_folder
 
     record = target.with_suffix(".moved.json")
     if record.exists() and target.exists():
@@ -92,8 +92,8 @@ def noisy_copy(data: Path, target: Path) -> dict[str, str]:
 
 
 def label_noise(args) -> dict:
-    from petal.data import load_split
-    from petal.label_issues import find_issues, save_contact_sheet
+    from petal.data.folder import load_split
+    from petal.training.label_issues import find_issues, save_contact_sheet
 
     noisy = args.work / "noisy"
     moved = noisy_copy(args.data, noisy)
@@ -165,8 +165,8 @@ def sweep(found, moved: dict[str, str], cache: Path) -> list[dict]:
 
 
 def _embeddings(found, cache: Path) -> np.ndarray:
-    from petal.data import ImageFolder
-    from petal.label_issues import embed
+    from petal.data.folder import ImageFolder
+    from petal.training.label_issues import embed
 
     folder = ImageFolder(found.images.folder.root, found.class_names, tuple(found.paths), found.labels.astype(np.int32))
     _, rows = embed(folder, cache_dir=cache)
@@ -174,8 +174,8 @@ def _embeddings(found, cache: Path) -> np.ndarray:
 
 
 def untouched(args) -> dict:
-    from petal.data import load_split
-    from petal.label_issues import find_issues, save_contact_sheet
+    from petal.data.folder import load_split
+    from petal.training.label_issues import find_issues, save_contact_sheet
 
     started = time.perf_counter()
     found = find_issues(load_split(args.data), cache_dir=args.work / "cache")
@@ -194,7 +194,7 @@ def untouched(args) -> dict:
 
 def make_copies(data: Path, target: Path) -> list[tuple[str, str, str]]:
     """`data` with COPIES seeded random photos each re-encoded, halved and cropped beside it; (copy, original, how)."""
-    from petal.data import index_folder
+    from petal.data.folder import index_folder
 
     record = target.with_suffix(".copies.json")
     if record.exists() and target.exists():
@@ -218,9 +218,9 @@ def make_copies(data: Path, target: Path) -> list[tuple[str, str, str]]:
 
 
 def near_copies(args) -> dict:
-    from petal.data import ImageFolder, index_folder
-    from petal.label_issues import difference_hashes, embed
-    from petal.plots import save_image_grid
+    from petal.data.folder import ImageFolder, index_folder
+    from petal.training.label_issues import difference_hashes, embed
+    from petal.training.plots import save_image_grid
 
     target = args.work / "copies"
     made = make_copies(args.data, target)

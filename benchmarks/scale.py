@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 BATCH_RUN = """
 import json, resource, sys, time
-from petal.batch import predict_batch
+from petal.scale.predict_batch import predict_batch
 started = time.perf_counter()
 result = predict_batch(sys.argv[1], sys.argv[2], sys.argv[3], workers=int(sys.argv[4]))
 print(json.dumps({"predicted": result.predicted, "failed": result.failed, "wall_seconds": time.perf_counter() - started,
@@ -37,7 +37,7 @@ print(json.dumps({"predicted": result.predicted, "failed": result.failed, "wall_
 ONE_PROCESS_RUN = """
 import json, sys, time
 started = time.perf_counter()
-from petal.predict import Predictor
+from petal.runtime.predict import Predictor
 predictor = Predictor.load(sys.argv[1])
 paths = open(sys.argv[2]).read().split()
 loop = time.perf_counter()

@@ -29,9 +29,9 @@ def main():
 
     import keras
 
-    from petal.models.test_time_flip import with_test_time_flip
-    from petal.run import RunFolder
-    from petal.training import decode_cache
+    from petal.run_folder import RunFolder
+    from petal.training.loop import decode_cache
+    from petal.training.models.flip_average import with_test_time_flip
 
     print(f"machine: {machine()}\n")
     print("| run | validation images | without flips | with flips | difference (points) |")

@@ -37,7 +37,7 @@ def main():
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from petal.models import DEFAULT_MODEL
+    from petal.registry import DEFAULT_MODEL
 
     petal = [sys.executable, "-m", "petal"]
     cache = ["--cache-dir", str(args.out / "cache")]

@@ -34,8 +34,8 @@ def exported_tiny_run(root: Path, export_config=None) -> Path:
     """The `tutorial` model trained for 2 epochs at 32x32 on generated colour photos and exported
     (float32 unless `export_config` says otherwise); returns the run folder."""
     from petal.config import ExportConfig, TrainConfig
-    from petal.export import export_litert
-    from petal.training import train
+    from petal.training.export import export_litert
+    from petal.training.loop import train
 
     data = make_folder(root / "photos", per_class=12)
     config = TrainConfig(str(data), model="tutorial", epochs=2, batch_size=8, image_size=(32, 32), cache_dir=str(root / "cache"))

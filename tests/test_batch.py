@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PETAL, exported_tiny_run, make_image
 
-from petal.batch import BatchFolder, iter_source
 from petal.cli import main
-from petal.cluster import SESSIONS_ROOT, session_processes
 from petal.errors import RunFolderError
-from petal.predict import Predictor
+from petal.runtime.predict import Predictor
+from petal.scale.cluster import SESSIONS_ROOT, session_processes
+from petal.scale.predict_batch import BatchFolder, iter_source
 
 BAD_FILES = {"text.jpg": "not an image", "truncated.jpg": "Truncated", "empty.jpg": "empty file"}
 

@@ -3,16 +3,16 @@ import logging
 import numpy as np
 from conftest import make_image
 
-from petal.cache import DecodeCache
-from petal.data import index_folder
-from petal.image import decode_image
+from petal.data.cache import DecodeCache
+from petal.data.decode import decode_image
+from petal.data.folder import index_folder
 
 
 def test_second_load_decodes_nothing_and_serves_the_same_pixels(tmp_path, image_folder, caplog):
     folder = index_folder(image_folder)
     cache = DecodeCache(tmp_path / "c", (16, 16))
     first = cache.load(folder)
-    with caplog.at_level(logging.INFO, logger="petal.cache"):
+    with caplog.at_level(logging.INFO, logger="petal.data.cache"):
         second = DecodeCache(tmp_path / "c", (16, 16)).load(folder)
 
     assert first.computed == len(folder) and second.computed == 0
@@ -55,7 +55,7 @@ def test_undecodable_files_are_left_out_with_their_reason(tmp_path, image_folder
 
 
 def test_shards_hold_a_bounded_number_of_images(tmp_path, image_folder, monkeypatch):
-    monkeypatch.setattr("petal.cache.SHARD_SIZE", 8)
+    monkeypatch.setattr("petal.data.cache.SHARD_SIZE", 8)
     images = DecodeCache(tmp_path / "c", (16, 16)).load(index_folder(image_folder))
     assert len(images.shard_paths) == 4  # 30 images: 8 + 8 + 8 + 6
     assert all(np.load(p, mmap_mode="r").shape[0] <= 8 for p in images.shard_paths)
@@ -82,7 +82,7 @@ def test_reading_every_cached_row_keeps_resident_memory_at_about_a_batch(tmp_pat
     not grow by the size of the cache (a memory map would add all 60 MB here)."""
     import psutil
 
-    from petal.cache import CachedRows, ShardStore
+    from petal.data.cache import CachedRows, ShardStore
 
     rng = np.random.default_rng(0)
     store = ShardStore(tmp_path / "store")

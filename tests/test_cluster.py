@@ -16,7 +16,7 @@ import psutil
 import pytest
 from conftest import PETAL, exported_tiny_run, make_folder, make_image
 
-from petal.cluster import SESSIONS_ROOT, session_processes
+from petal.scale.cluster import SESSIONS_ROOT, session_processes
 
 TRAIN = ["--model", "tutorial", "--image-size", "32", "32", "--batch-size", "4", "--workers", "2"]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import make_folder, make_image
 
-from petal.data import index_folder, read_file_list, split_folder, write_file_list
+from petal.data.folder import index_folder, read_file_list, split_folder, write_file_list
 from petal.errors import ConfigError, DataError
 
 
@@ -109,7 +109,7 @@ def test_split_that_leaves_no_validation_image_is_rejected(image_folder):
 
 
 def test_a_folder_that_comes_split_is_used_as_given(tmp_path):
-    from petal.data import load_split
+    from petal.data.folder import load_split
 
     make_folder(tmp_path / "ds" / "train", per_class=5)
     make_folder(tmp_path / "ds" / "validation", per_class=2)
@@ -124,7 +124,7 @@ def test_a_folder_that_comes_split_is_used_as_given(tmp_path):
 
 
 def test_parts_with_different_classes_are_an_error_naming_the_difference(tmp_path):
-    from petal.data import load_split
+    from petal.data.folder import load_split
 
     make_folder(tmp_path / "ds" / "train", per_class=3)
     make_folder(tmp_path / "ds" / "val", per_class=1)
@@ -135,7 +135,7 @@ def test_parts_with_different_classes_are_an_error_naming_the_difference(tmp_pat
 
 
 def test_class_weights_make_rare_classes_count_as_much_as_common_ones():
-    from petal.training import class_weights
+    from petal.training.loop import class_weights
 
     weights = class_weights(np.array([0] * 8 + [1] * 2), 2)
     assert weights == {0: 10 / (2 * 8), 1: 10 / (2 * 2)}

@@ -12,9 +12,10 @@ from conftest import PETAL
 
 from petal.config import TrainConfig
 from petal.errors import WeightsError
-from petal.models import DEFAULT_MODEL, backbones, get_model_entry
-from petal.models.backbones import SHIPPED_WEIGHTS, mobilenet_v2_weights_file, resolve_weights, shipped_weights
+from petal.registry import DEFAULT_MODEL, get_model_entry
 from petal.sample_data import sample_folder
+from petal.training.models import backbones
+from petal.training.models.backbones import SHIPPED_WEIGHTS, mobilenet_v2_weights_file, resolve_weights, shipped_weights
 
 SHIPPED = mobilenet_v2_weights_file((224, 224))
 

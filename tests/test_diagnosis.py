@@ -1,4 +1,4 @@
-from petal.diagnosis import diagnose
+from petal.training.diagnosis import diagnose
 
 
 def history(loss, val_loss, acc, val_acc):

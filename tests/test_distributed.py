@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import PETAL, make_folder
 
-from petal.cluster import SESSIONS_ROOT, session_processes
+from petal.scale.cluster import SESSIONS_ROOT, session_processes
 
 SMALL = ["--model", "tutorial", "--epochs", "1", "--image-size", "32", "32", "--batch-size", "4"]
 
@@ -49,7 +49,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from petal.config import TrainConfig
-from petal.training import train
+from petal.training.loop import train
 train(TrainConfig({str(data)!r}, "tutorial", epochs=1, batch_size=4, image_size=(32, 32), strategy="mirrored",
                   cache_dir={str(tmp_path / "cache")!r}), {str(run)!r}, verbose=0)
 """

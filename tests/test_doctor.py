@@ -10,8 +10,8 @@ import pytest
 from conftest import PETAL, make_folder
 from PIL import Image
 
-from petal.data import index_folder, split_folder
-from petal.doctor import examine
+from petal.data.doctor import examine
+from petal.data.folder import index_folder, split_folder
 from petal.errors import ConfigError
 
 

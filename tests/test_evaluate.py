@@ -9,7 +9,7 @@ import pytest
 from conftest import CLASS_COLOURS, exported_tiny_run, make_folder, make_image
 
 from petal.errors import DataError
-from petal.evaluation import evaluate, write_evaluation
+from petal.training.evaluation import evaluate, write_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_evaluating_a_tflite_does_not_import_tensorflow(exported_run, tmp_path):
 
 
 def test_an_evaluation_on_other_data_keeps_its_own_folder_and_warns_about_training_photos(exported_run, caplog):
-    from petal.evaluation import default_output
+    from petal.training.evaluation import default_output
 
     config = json.loads((exported_run / "config.json").read_text())
     reused = evaluate(exported_run, config["data_dir"])  # the very folder it trained on

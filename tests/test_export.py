@@ -9,10 +9,10 @@ from conftest import CLASS_COLOURS, make_folder, make_image
 from petal.cli import main
 from petal.config import ExportConfig, TrainConfig
 from petal.errors import ConfigError
-from petal.export import export_litert
-from petal.metadata import read_metadata
-from petal.predict import Predictor
-from petal.training import train
+from petal.runtime.metadata import read_metadata
+from petal.runtime.predict import Predictor
+from petal.training.export import export_litert
+from petal.training.loop import train
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
@@ -79,7 +79,7 @@ def test_the_gate_rejects_an_int8_model_calibrated_on_constant_images(trained_ru
 
 
 def test_export_exits_non_zero_when_a_variant_fails_the_gate_unless_told_not_to_gate(trained_run, capsys, monkeypatch):
-    from petal import export
+    from petal.training import export
 
     command = ["export", str(trained_run), "--quantize", "float32"]
     assert main(command) == 0

@@ -14,11 +14,11 @@ import pytest
 from conftest import PETAL, make_folder
 
 from petal import atomic
-from petal.cache import DecodeCache
 from petal.config import TrainConfig
-from petal.data import load_split
-from petal.run import RunFolder
-from petal.training import plan_run
+from petal.data.cache import DecodeCache
+from petal.data.folder import load_split
+from petal.run_folder import RunFolder
+from petal.training.loop import plan_run
 
 TINY = ["--model", "tutorial", "--epochs", "2", "--image-size", "16", "16", "--batch-size", "8"]
 

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from petal.data.decode import decode_image
 from petal.errors import ImageError
-from petal.image import decode_image
 
 SIZE = (24, 32)
 

@@ -1,4 +1,4 @@
-"""`petal data --label-issues`: label issues, near copies and outliers from embeddings (petal.label_issues).
+"""`petal data --label-issues`: label issues, near copies and outliers from embeddings (petal.training.label_issues).
 
 Made images of three colours, each a random 4x4 pattern half-way to its class colour, embedded by a tiny
 fixed backbone (the pattern, 4x4 average-pooled) so the geometry is known; the shared-cache and command
@@ -15,8 +15,8 @@ import pytest
 from conftest import CLASS_COLOURS, PETAL
 from PIL import Image
 
-from petal.data import load_split
-from petal.doctor import examine
+from petal.data.doctor import examine
+from petal.data.folder import load_split
 
 pytest.importorskip("cleanlab")
 
@@ -55,7 +55,7 @@ def messy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def found(messy, tmp_path_factory):
-    from petal.label_issues import find_issues
+    from petal.training.label_issues import find_issues
 
     return find_issues(load_split(messy), cache_dir=tmp_path_factory.mktemp("cache"), backbone=tiny_backbone())
 
@@ -81,7 +81,7 @@ def test_a_re_encoded_copy_is_a_near_duplicate_with_its_distance_and_an_odd_imag
 
 
 def test_findings_join_the_doctors_report_and_its_json_by_path(found, messy):
-    from petal.label_issues import merge
+    from petal.training.label_issues import merge
 
     report = merge(examine(load_split(messy)), found)
     as_json = report.to_json()["findings"]
@@ -94,7 +94,7 @@ def test_findings_join_the_doctors_report_and_its_json_by_path(found, messy):
 
 
 def test_the_contact_sheet_shows_the_suspects(found, tmp_path):
-    from petal.label_issues import save_contact_sheet
+    from petal.training.label_issues import save_contact_sheet
 
     sheet = save_contact_sheet(found, tmp_path / "sheet.png")
     with Image.open(sheet) as image:
@@ -102,7 +102,7 @@ def test_the_contact_sheet_shows_the_suspects(found, tmp_path):
 
 
 def test_move_to_quarantine_moves_flagged_files_and_the_manifest_undoes_it(found, messy, tmp_path):
-    from petal.label_issues import move_flagged, undo_move
+    from petal.training.label_issues import move_flagged, undo_move
 
     work = shutil.copytree(messy, tmp_path / "photos")
     manifest, moved = move_flagged(found.findings, work, tmp_path / "quarantine")
@@ -115,14 +115,14 @@ def test_move_to_quarantine_moves_flagged_files_and_the_manifest_undoes_it(found
 
 def test_a_quarantine_inside_the_data_folder_is_refused(found, messy):
     from petal.errors import ConfigError
-    from petal.label_issues import move_flagged
+    from petal.training.label_issues import move_flagged
 
     with pytest.raises(ConfigError, match="outside the data folder"):
         move_flagged(found.findings, messy, messy / "quarantine")
 
 
 def test_an_exclusion_list_leaves_its_files_out_and_every_other_file_keeps_its_side(messy, tmp_path):
-    from petal.label_issues import read_exclusion_list
+    from petal.training.label_issues import read_exclusion_list
 
     listed = tmp_path / "exclude.json"
     listed.write_text(json.dumps({"findings": [{"path": "blue/filed_wrong.png", "kind": "label-issue"},
@@ -138,12 +138,12 @@ def test_an_exclusion_list_leaves_its_files_out_and_every_other_file_keeps_its_s
 
 def test_label_issues_share_trainings_embedding_cache(tmp_path):
     """Embeddings computed for label issues are the ones `petal train` reads: training computes none."""
-    from petal.cache import ShardStore
     from petal.config import TrainConfig
-    from petal.embeddings import EmbeddingCache
-    from petal.label_issues import find_issues
+    from petal.data.cache import ShardStore
     from petal.sample_data import sample_folder
-    from petal.training import build_classifier, decode_cache
+    from petal.training.embeddings import EmbeddingCache
+    from petal.training.label_issues import find_issues
+    from petal.training.loop import build_classifier, decode_cache
 
     root = tmp_path / "sample"
     for class_dir in sorted(Path(sample_folder()).iterdir()):
@@ -181,7 +181,7 @@ def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path
 def test_train_exclude_leaves_the_listed_files_out_of_the_split_and_records_them_in_the_config(messy, tmp_path):
     from petal.cli import build_parser
     from petal.config import TrainConfig
-    from petal.training import make_split
+    from petal.training.loop import make_split
 
     listed = tmp_path / "exclude.txt"
     listed.write_text("blue/filed_wrong.png\nred/checkerboard.png\n")

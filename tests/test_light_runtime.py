@@ -57,3 +57,11 @@ def test_the_light_install_says_in_one_line_how_to_get_training(light_env, tmp_p
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("petal: error: petal train needs ") and line.endswith("pip install 'petal-vision[train]'")
+
+
+def test_the_light_install_lists_the_models_and_explains_every_command(light_env):
+    models = subprocess.run([light_env / "petal", "models"], capture_output=True, text=True, timeout=60)
+    assert models.returncode == 0, models.stderr
+    assert "mobilenet-v2" in models.stdout and "(default)" in models.stdout and "petal-resnet" in models.stdout
+    usage = subprocess.run([light_env / "petal", "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "predict" in usage.stdout, usage.stderr

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from petal.augment import tutorial_layers
 from petal.errors import ConfigError
-from petal.models import DEFAULT_MODEL, create_model, get_model_entry, list_models
-from petal.models.test_time_flip import with_test_time_flip
+from petal.registry import DEFAULT_MODEL, create_model, get_model_entry, list_models
+from petal.training.augment import tutorial_layers
+from petal.training.models.flip_average import with_test_time_flip
 
 
 def test_tutorial_model_has_the_tutorials_parameter_count():

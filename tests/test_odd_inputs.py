@@ -16,11 +16,11 @@ import pytest
 from conftest import PETAL, make_folder, make_image
 from PIL import Image
 
-from petal.data import index_folder, split_folder
-from petal.doctor import examine
+from petal.data.decode import decode_image
+from petal.data.doctor import examine
+from petal.data.folder import index_folder, split_folder
 from petal.errors import ImageError
-from petal.image import decode_image
-from petal.predict import PredictionError, Predictor
+from petal.runtime.predict import PredictionError, Predictor
 
 HANG_SECONDS = 60  # a command over a folder of a few files that takes this long has hung
 
@@ -87,9 +87,9 @@ def test_kind2_predict_and_the_training_decode_refuse_special_files_without_read
     root = _special_folder(tmp_path)
     code = f"""
 import numpy as np
-from petal.cache import DecodeCache
-from petal.data import index_folder
-from petal.predict import Predictor
+from petal.data.cache import DecodeCache
+from petal.data.folder import index_folder
+from petal.runtime.predict import Predictor
 p = Predictor(lambda b: np.zeros((len(b), 2), np.float32), ("a", "b"), (8, 8))
 for r in p.predict([{str(root / "red" / "x.jpg")!r}, {str(root / "green" / "z.jpg")!r}]):
     print("predict:", r.reason)
@@ -109,7 +109,7 @@ def _peak_bytes_of_decoding(path: Path) -> int:
     """Growth of the peak resident memory of a fresh interpreter while it decodes `path` to 180 x 180."""
     code = f"""
 import resource
-from petal.image import decode_image
+from petal.data.decode import decode_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 decode_image({str(path)!r}, (180, 180))
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
@@ -130,7 +130,7 @@ def test_kind3_deep_images_decode_within_the_documented_bytes_per_pixel(tmp_path
     path = tmp_path / kind
     Image.fromarray(pixels).save(path)
     del pixels
-    # The bound `petal.image.open_rgb` documents: the file's pixels in their mode plus one converted copy.
+    # The bound `petal.data.decode.open_rgb` documents: the file's pixels in their mode plus one converted copy.
     assert _peak_bytes_of_decoding(path) < 9 * side * side + 20e6
 
 
@@ -171,9 +171,9 @@ def test_kind4_the_doctor_flags_nearly_black_and_flat_images(tmp_path):
 def _tiny_run_folder(root: Path, model_bytes: bytes) -> Path:
     """A run folder as training writes it (config, labels, split), whose model.keras is `model_bytes`."""
     from petal.config import TrainConfig
-    from petal.data import load_split
-    from petal.run import RunFolder
-    from petal.training import write_run_start
+    from petal.data.folder import load_split
+    from petal.run_folder import RunFolder
+    from petal.training.loop import write_run_start
 
     data = make_folder(root / "photos", per_class=4)
     config = TrainConfig.for_model(str(data), "tutorial", epochs=2, batch_size=4, image_size=(16, 16),
@@ -208,7 +208,7 @@ def unloadable_keras_files(tmp_path_factory) -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", ["truncated", "lambda", "renamed-savedmodel-zip"])
 def test_kind10_an_unloadable_keras_file_is_one_run_folder_error(tmp_path, unloadable_keras_files, kind):
     from petal.errors import ModelFileError
-    from petal.run import RunFolder
+    from petal.run_folder import RunFolder
 
     run = _tiny_run_folder(tmp_path, unloadable_keras_files[kind])
     with pytest.raises(ModelFileError, match=r"model\.keras: (not a Keras \.keras archive|Keras cannot load this model)") as caught:
@@ -232,7 +232,7 @@ def test_kind10_predict_evaluate_export_and_serve_say_one_line_and_exit_2(tmp_pa
 def test_kind10_resume_from_an_unloadable_checkpoint_is_a_run_folder_error(tmp_path, unloadable_keras_files):
     from petal.config import TrainConfig
     from petal.errors import ModelFileError
-    from petal.training import train
+    from petal.training.loop import train
 
     run = _tiny_run_folder(tmp_path, b"")
     (run / "checkpoint").mkdir()
@@ -250,7 +250,7 @@ CLASSES = ["daisy", "tulips", "roses"]
 
 
 def _metadata(labels=CLASSES, image_size=(8, 8)) -> dict:
-    from petal.image import RESIZE_METHOD
+    from petal.data.decode import RESIZE_METHOD
 
     return {"labels": list(labels), "output": "logits",
             "preprocessing": {"image_size": list(image_size), "resize": RESIZE_METHOD, "max_pixels": 10_000_000}}
@@ -269,7 +269,7 @@ def bare_tflite() -> bytes:
 
 
 def _hostile_files(bare: bytes) -> dict[str, bytes]:
-    from petal.metadata import embed_metadata
+    from petal.runtime.metadata import embed_metadata
 
     good = embed_metadata(bare, _metadata())
     bad_json = embed_metadata(bare, {"x": 1}).replace(b'{"x": 1}', b'{"x": 1]')
@@ -329,7 +329,7 @@ def test_kind11_metadata_is_checked_against_the_models_tensors(tmp_path, bare_tf
 
 def test_kind11_serve_refuses_a_tflite_whose_labels_disagree_with_its_outputs(tmp_path, bare_tflite):
     from petal.errors import PetalError
-    from petal.serve import create_app
+    from petal.runtime.serve import create_app
 
     path = tmp_path / "more-labels.tflite"
     path.write_bytes(_hostile_files(bare_tflite)["too-many-labels"])
@@ -338,7 +338,7 @@ def test_kind11_serve_refuses_a_tflite_whose_labels_disagree_with_its_outputs(tm
 
 
 def test_kind11_bit_flipped_tflite_files_give_a_prediction_or_one_line(tmp_path, bare_tflite):
-    from petal.metadata import embed_metadata
+    from petal.runtime.metadata import embed_metadata
 
     good = embed_metadata(bare_tflite, _metadata())
     image = make_image(tmp_path / "photo.png", (200, 40, 40))
@@ -372,8 +372,8 @@ def _tied_logits(batch, training=False):
 
 
 def test_kind12_the_export_gate_counts_exactly_what_evaluate_and_predict_report(monkeypatch):
-    from petal import export
     from petal.config import ExportConfig
+    from petal.training import export
 
     class Runner:
         input = {"dtype": np.float32}
@@ -394,7 +394,7 @@ def test_kind12_predict_prints_a_tie_as_a_tie(tmp_path):
     import keras
     import tensorflow as tf
 
-    from petal.metadata import embed_metadata
+    from petal.runtime.metadata import embed_metadata
 
     inputs = keras.Input((8, 8, 3))
     flat = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="zeros")(keras.layers.Flatten()(inputs)))
@@ -436,8 +436,8 @@ def test_kind9_top_k_and_limits_below_one_are_config_errors(tmp_path):
 
 
 def test_kind8_odd_class_and_file_names_round_trip_through_the_run_folder_and_any_console(tmp_path):
-    from petal.data import load_split
-    from petal.run import RunFolder
+    from petal.data.folder import load_split
+    from petal.run_folder import RunFolder
 
     data = tmp_path / "photos"
     names = ["lily\u2028white", "rose\x85red", "tulip\rpink", "ß-café"]
@@ -544,7 +544,7 @@ def test_fuzz_the_doctor_and_predict_turn_any_mutated_image_into_a_result_or_a_f
 
     from hypothesis import HealthCheck, given, settings
 
-    from petal.doctor import _examine_file
+    from petal.data.doctor import _examine_file
 
     predictor = fake_predictor()
 
@@ -590,9 +590,9 @@ def test_kind5_symlinked_sub_folders_are_named_by_default_and_followed_once_when
 
 def test_kind7_a_tree_readable_both_ways_is_refused_and_layout_chooses(tmp_path):
     from petal.config import TrainConfig
-    from petal.data import load_split
+    from petal.data.folder import load_split
     from petal.errors import DataError
-    from petal.training import make_split
+    from petal.training.loop import make_split
 
     root = tmp_path / "ambiguous"
     for name, colour in (("train", (200, 40, 40)), ("val", (40, 200, 40)), ("roses", (40, 40, 200))):
@@ -611,9 +611,9 @@ def test_kind7_a_tree_readable_both_ways_is_refused_and_layout_chooses(tmp_path)
 
 
 def test_kind7_a_clean_split_tree_is_read_as_split_and_says_so(tmp_path, caplog):
-    from petal.data import load_split
+    from petal.data.folder import load_split
 
-    caplog.set_level("INFO", logger="petal.data")
+    caplog.set_level("INFO", logger="petal.data.folder")
     root = tmp_path / "split"
     make_folder(root / "train", per_class=3)
     make_folder(root / "val", per_class=2)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import PETAL, make_folder
 
-from petal import precision
+from petal.training import precision
 
 
 def fake_gpus(monkeypatch, *details):
@@ -20,7 +20,7 @@ def fake_gpus(monkeypatch, *details):
 
 
 def report(caplog, requested="auto"):
-    with caplog.at_level(logging.INFO, logger="petal.precision"):
+    with caplog.at_level(logging.INFO, logger="petal.training.precision"):
         policy = precision.resolve_precision(requested)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training on ")]
     return policy, line

@@ -10,15 +10,15 @@ import tensorflow as tf
 from conftest import PETAL, make_folder
 from PIL import Image
 
-from petal import precision
-from petal.augment import build_augmentation
 from petal.config import AUGMENTATIONS, ExportConfig, TrainConfig
+from petal.data.decode import decode_image
 from petal.errors import ConfigError
-from petal.export import export_litert
-from petal.image import decode_image
-from petal.models import get_model_entry
-from petal.predict import Predictor
-from petal.training import RunRecorder, dtype_policy, learning_rate, train
+from petal.registry import get_model_entry
+from petal.runtime.predict import Predictor
+from petal.training import precision
+from petal.training.augment import build_augmentation
+from petal.training.export import export_litert
+from petal.training.loop import RunRecorder, dtype_policy, learning_rate, train
 
 
 def test_a_models_recipe_fills_the_config_and_the_users_settings_win():

@@ -7,9 +7,9 @@ import pytest
 from conftest import make_folder
 
 from petal.config import ExportConfig, TrainConfig
-from petal.evaluation import evaluate, write_evaluation
-from petal.export import export_litert
-from petal.training import train
+from petal.training.evaluation import evaluate, write_evaluation
+from petal.training.export import export_litert
+from petal.training.loop import train
 
 CHROMIUM = shutil.which("chromium")
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import CLASS_COLOURS, PETAL, exported_tiny_run, make_image
 from starlette.testclient import TestClient
 
-from petal.serve import create_app
+from petal.runtime.serve import create_app
 
 CHROMIUM = shutil.which("chromium")
 
@@ -90,11 +90,11 @@ def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams_in(tflite):
 def slow_decode(monkeypatch):
     """Bytes whose decode blocks until `release` is set, as a 9400 x 9400 image's takes seconds; `started` is set once
     their decode has begun."""
-    import petal.image
+    import petal.data.decode
 
     slow = make_image_bytes((60, 60, 60))
     started, release = threading.Event(), threading.Event()
-    real_open_rgb = petal.image.open_rgb
+    real_open_rgb = petal.data.decode.open_rgb
 
     def open_rgb(source, **kwargs):
         if source == slow:
@@ -102,7 +102,7 @@ def slow_decode(monkeypatch):
             release.wait(timeout=30)
         return real_open_rgb(source, **kwargs)
 
-    monkeypatch.setattr(petal.image, "open_rgb", open_rgb)
+    monkeypatch.setattr(petal.data.decode, "open_rgb", open_rgb)
     yield slow, started, release
     release.set()
 
@@ -163,7 +163,7 @@ def test_every_error_is_json_with_a_message(tflite, method, path, request_args, 
 
 
 def test_an_internal_error_is_json_too(tflite, photo, monkeypatch):
-    from petal.predict import Predictor
+    from petal.runtime.predict import Predictor
 
     def broken(self, images, **kwargs):
         raise RuntimeError("the interpreter fell over")

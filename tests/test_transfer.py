@@ -20,13 +20,13 @@ from conftest import PETAL, make_folder
 from petal.cli import main
 from petal.config import ExportConfig, TrainConfig
 from petal.errors import WeightsError
-from petal.export import export_litert
-from petal.metadata import read_metadata
-from petal.models import create_model, get_model_entry, list_models
-from petal.models.backbones import BACKBONE_LAYER, backbone_blocks, load_backbone, unfreeze_top_blocks
-from petal.predict import Predictor
-from petal.run import RunFolder
-from petal.training import train
+from petal.registry import create_model, get_model_entry, list_models
+from petal.run_folder import RunFolder
+from petal.runtime.metadata import read_metadata
+from petal.runtime.predict import Predictor
+from petal.training.export import export_litert
+from petal.training.loop import train
+from petal.training.models.backbones import BACKBONE_LAYER, backbone_blocks, load_backbone, unfreeze_top_blocks
 
 MODEL = "mobilenet-v1-0.25"
 SIZE = (32, 32)
@@ -78,11 +78,11 @@ def test_second_identical_run_computes_no_embeddings(tmp_path, weights_file, cap
         assert main(command) == 0
         return RunFolder(out)
 
-    with caplog.at_level(logging.INFO, logger="petal.embeddings"):
+    with caplog.at_level(logging.INFO, logger="petal.training.embeddings"):
         first = petal_train(tmp_path / "first")
     assert "computed 29 embeddings, 0 read from the embedding cache" in caplog.text  # training split: 29 of 36
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="petal.embeddings"):
+    with caplog.at_level(logging.INFO, logger="petal.training.embeddings"):
         second = petal_train(tmp_path / "second")
 
     assert "computed 0 embeddings, 29 read from the embedding cache" in caplog.text
@@ -95,7 +95,7 @@ def test_other_weights_are_other_embeddings(tmp_path, weights_file, caplog):
     data = make_folder(tmp_path / "photos", per_class=6)
     train(transfer_config(data, weights_file), tmp_path / "a", verbose=0)
     other = random_backbone_weights(tmp_path / "other.weights.h5", seed=8)
-    with caplog.at_level(logging.INFO, logger="petal.embeddings"):
+    with caplog.at_level(logging.INFO, logger="petal.training.embeddings"):
         train(transfer_config(data, other), tmp_path / "b", verbose=0)
     assert "computed 0 embeddings" not in caplog.text
 

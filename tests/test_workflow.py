@@ -83,7 +83,7 @@ def test_predict_prints_the_tutorials_sentence_and_top_three(trained_run, tmp_pa
 
 
 def test_tflite_and_run_folder_give_the_same_probabilities(trained_run, tmp_path):
-    from petal.predict import Predictor
+    from petal.runtime.predict import Predictor
 
     photos = [make_image(tmp_path / f"{i}.png", colour, seed=i) for i, colour in enumerate(CLASS_COLOURS.values())]
     lite = list(Predictor.load(trained_run["run"] / "export" / "model-float32.tflite").predict(photos))
@@ -119,7 +119,7 @@ def test_predicting_from_tflite_does_not_import_tensorflow(trained_run, tmp_path
 def test_exported_file_carries_labels_and_preprocessing_and_loads_in_a_plain_interpreter(trained_run):
     from ai_edge_litert.interpreter import Interpreter
 
-    from petal.metadata import read_metadata
+    from petal.runtime.metadata import read_metadata
 
     path = trained_run["run"] / "export" / "model-float32.tflite"
     meta = read_metadata(path)

@@ -9,9 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petal.data import check_seed
+from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
+from petal.data.folder import check_seed
 from petal.errors import ConfigError
-from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
 
 AUGMENTATIONS = {
     "none": "no augmentation",
@@ -21,66 +21,104 @@ AUGMENTATIONS = {
     "randaugment": "crop-flip, then Keras's RandAugment (2 operations of magnitude 0.5)",
 }
 CROPPING_AUGMENTATIONS = ("crop-flip", "crop-flip-color", "randaugment")  # their random crops can take any output size
-OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-STRATEGIES = ("single", "mirrored", "multi-worker")
+
+
+RECIPE = "the model's recipe, docs/TRAINING.md"  # where a setting's value comes from when not given
+
+
+def setting(default, help: str, *, flag: str | None = None, choices=None, metavar=None, group: str | None = None,
+            default_shown: str = RECIPE):
+    """A TrainConfig field and everything its `petal train` flag needs: help, choices, metavar, group.
+
+    `flag`: the option's name when it is not --FIELD-NAME. `choices` are also what __post_init__ accepts.
+    `default_shown`: what the help says a missing flag means (most settings come from the model's recipe,
+    petal.registry). Fields made without `setting` have no flag.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar, "group": group,
+                                            "default_shown": default_shown})
+
+
+SPLIT = "split"  # the settings `petal data` shares with `petal train`
+PARALLEL = "data-parallel training (docs/SCALE.md)"
+PRETRAINED = "pretrained backbones (mobilenet-*, efficientnet*: see `petal models`)"
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run. The defaults are the tutorial's; `for_model` starts from a model's recipe."""
+    """Every setting of a run, each defined once (`setting`): the field, its choices and its CLI flag.
+    The defaults are the tutorial's; `for_model` starts from a model's recipe."""
 
-    data_dir: str
-    model: str
-    epochs: int = 15
-    batch_size: int = 32
-    image_size: tuple[int, int] = (180, 180)  # the model's input: validation, export and prediction
-    # Training crops, when smaller than image_size: faster epochs, and a model that sees objects at the same
-    # apparent size it will be tested at ("train small, test large", Touvron et al., 2019). None: image_size.
-    train_image_size: tuple[int, int] | None = None
-    val_split: float = 0.2
-    seed: int = 123  # the split's seed, as image_dataset_from_directory's
-    split_method: str = "keras"
-    layout: str = "auto"  # petal.data.load_split: "auto", "split" (train/ and val/ given) or "classes"
-    follow_links: bool = False  # follow symlinked sub-folders inside class folders (Keras's follow_links)
-    exclude: tuple[str, ...] = ()  # paths (relative to data_dir) left out of the split: petal train --exclude FILE
-    train_seed: int | None = None  # weights, shuffling, augmentation; None: `seed`. Vary it to see the spread on one split
-    optimizer: str = "adam"  # "adamw": decoupled weight decay
-    learning_rate: float = 0.001  # the peak rate when a schedule warms up
-    weight_decay: float = 0.0  # adamw only
-    lr_schedule: str = "constant"  # "cosine": decay to 0 over the run, after `warmup_epochs` of linear warm-up
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    augmentation: str = "none"  # a name of AUGMENTATIONS
-    mixup: float = 0.0  # MixUp alpha; 0 = off
-    cutmix: float = 0.0  # Keras CutMix factor in [0, 1]: each batch's Beta(a, a) has a drawn from [0, factor]; 0 = off
-    early_stopping: int = 0  # stop after this many epochs without a better val accuracy, keep the best; 0 = off
-    test_time_flip: bool = False  # the saved model averages its logits over each image and its mirror image
-    precision: str = "float32"  # "auto": bfloat16 where the CPU computes it natively, float16 on a GPU
-    class_weight: str = "none"  # "auto": weight the loss by inverse class frequency
-    deterministic: bool = False  # same seed and data -> the same history, at some cost in speed
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    cache_dir: str | None = None  # None: $PETAL_CACHE_DIR or ~/.cache/petal
-    # Pretrained backbones only (petal.models.backbones); for them `epochs` are the head's, on cached embeddings.
-    weights: str | None = None  # a local weights file; None: Keras's ImageNet file in ~/.keras/models (downloaded if missing)
-    fine_tune_blocks: int = 0  # after the head, train the backbone's top N blocks too (batch norm stays frozen); 0 = off
-    fine_tune_epochs: int = 8
-    fine_tune_learning_rate: float = 3e-4  # 1e-3 collapsed MobileNet v1 0.25 to chance on flower_photos
-    # Data-parallel training (petal.distributed): "mirrored" over this machine's GPUs (or logical devices),
-    # "multi-worker" over `workers` Ray Train workers. Each replica takes batch_size images per step.
-    strategy: str = "single"
-    workers: int = 1
-    lr_scaling: str = "linear"  # "linear": peak learning rate x replicas (Goyal et al., 2017); "none": as given
+    data_dir: str  # a folder of class sub-folders (petal train DIR)
+    model: str  # a name from `petal models` (petal train --model)
+    epochs: int = setting(15, "epochs to train (pretrained backbones: the head's, on cached embeddings)")
+    batch_size: int = setting(32, "images per step (per replica)")
+    image_size: tuple[int, int] = setting((180, 180), "model input size: validation, export and prediction", metavar=("HEIGHT", "WIDTH"))
+    # "Train small, test large" (Touvron et al., 2019): faster epochs, objects seen at the size they are tested at.
+    train_image_size: tuple[int, int] | None = setting(
+        None, "size of the random training crops, if smaller than --image-size: faster epochs; none: the image size",
+        metavar=("HEIGHT", "WIDTH"))
+    val_split: float = setting(0.2, "fraction held out for validation", group=SPLIT, default_shown="0.2")
+    seed: int = setting(123, "seed of the split (image_dataset_from_directory's), and of training unless --train-seed",
+                        group=SPLIT, default_shown="123")
+    split_method: str = setting("keras", "'keras': the files image_dataset_from_directory picks; 'stratified': the same fraction "
+                                "of every class", flag="--split", choices=("keras", "stratified"), group=SPLIT, default_shown="keras")
+    layout: str = setting("auto", "'split': DIR holds train/ and val/ (or validation/), each with the class sub-folders; 'classes': "
+                          "every sub-folder is a class, whatever its name (Keras's reading); 'auto': split when only train/, val/ and "
+                          "test/ sub-folders hold class folders, refused when the tree could be read both ways",
+                          choices=("auto", "split", "classes"), group=SPLIT, default_shown="auto")
+    follow_links: bool = setting(False, "follow symlinked sub-folders inside class folders (each real folder once); by default they "
+                                 "are named in a warning and left out, as Keras's default does", group=SPLIT, default_shown="off")
+    exclude: tuple[str, ...] = setting((), "leave these files out of the split (the rest keep their side): the JSON of `petal data "
+                                       "--label-issues --json` (its label-issue and outlier paths) or a text file of paths, one per line",
+                                       metavar="FILE", default_shown="none")  # config.json holds the paths, relative to data_dir
+    train_seed: int | None = setting(None, "seed of weights, shuffling and augmentation; the split keeps --seed. Vary it to see "
+                                     "the spread on one split", default_shown="--seed")
+    optimizer: str = setting("adam", "adamw: decoupled weight decay", choices=("adam", "adamw"))
+    learning_rate: float = setting(0.001, "peak learning rate (after warm-up)")
+    weight_decay: float = setting(0.0, "decoupled weight decay, adamw only")
+    lr_schedule: str = setting("constant", "cosine: decay to 0 over the run, after the warm-up", choices=("constant", "cosine"))
+    warmup_epochs: int = setting(0, "epochs of linear learning-rate warm-up")
+    label_smoothing: float = setting(0.0, "e.g. 0.1")
+    augmentation: str = setting("none", "; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()), choices=tuple(AUGMENTATIONS))
+    mixup: float = setting(0.0, "MixUp alpha, 0 = off")
+    cutmix: float = setting(0.0, "CutMix factor in 0..1 (each batch mixes with Beta(a, a), a drawn from 0..factor), 0 = off")
+    early_stopping: int = setting(0, "stop after PATIENCE epochs without a better val accuracy and keep the best weights; 0 = off",
+                                  metavar="PATIENCE", default_shown="off")
+    test_time_flip: bool = setting(False, "the saved model averages its logits over each image and its mirror image (twice the "
+                                   "inference time)")
+    precision: str = setting("float32", "auto: bfloat16 on CPUs with AMX/AVX-512 BF16, float16 on GPUs, else float32",
+                             choices=("auto", "float32", "bfloat16", "float16"))
+    class_weight: str = setting("none", "'auto' weights the loss by inverse class frequency, for imbalanced folders",
+                                choices=("none", "auto"), default_shown="none")
+    deterministic: bool = setting(False, "reproducible to the last digit: same seed and data, same history (slower)", default_shown="off")
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "images with more pixels are left out", default_shown=f"{DEFAULT_MAX_PIXELS:,}")
+    cache_dir: str | None = setting(None, "decode and embedding cache", default_shown="$PETAL_CACHE_DIR or ~/.cache/petal")
+    # Pretrained backbones only (petal.training.models.backbones); for them `epochs` are the head's.
+    weights: str | None = setting(None, "backbone weights file; none: Keras's ImageNet file in ~/.keras/models (downloaded when "
+                                  "missing), for mobilenet-v2 the copy shipped with petal when Keras has none",
+                                  metavar="FILE", group=PRETRAINED, default_shown="ImageNet")
+    fine_tune_blocks: int = setting(0, "after the head (--epochs, on cached embeddings), also train the top N blocks (batch norm "
+                                    "stays frozen); 0: off", metavar="N", group=PRETRAINED)
+    fine_tune_epochs: int = setting(8, "epochs of fine-tuning", group=PRETRAINED)
+    fine_tune_learning_rate: float = setting(3e-4, "peak learning rate of fine-tuning (1e-3 collapsed MobileNet v1 0.25 to chance "
+                                             "on flower_photos)", group=PRETRAINED)
+    # Data-parallel training (petal.scale.multi_worker): each replica takes batch_size images per step.
+    strategy: str = setting("single", "mirrored: every local GPU (MirroredStrategy), in this process; multi-worker: Ray Train "
+                            "workers (set by --workers)", choices=("single", "mirrored", "multi-worker"), group=PARALLEL,
+                            default_shown="single")
+    workers: int = setting(1, "train on N Ray Train workers (MultiWorkerMirroredStrategy); needs petal-vision[scale]",
+                           metavar="N", group=PARALLEL, default_shown="1: this process")
+    lr_scaling: str = setting("linear", "with N replicas the peak learning rate is multiplied by N (linear, Goyal et al., 2017) "
+                              "or not", choices=("linear", "none"), group=PARALLEL, default_shown="linear")
     preprocessing: str | None = None  # recorded from the model registry: what the model does to its 0..255 input
-    resize_method: str = field(default=RESIZE_METHOD, init=False)  # recorded, not chosen: see petal.image
+    resize_method: str = field(default=RESIZE_METHOD, init=False)  # recorded, not chosen: see petal.data.decode
 
     @classmethod
     def for_model(cls, data_dir: str, model: str, **settings) -> "TrainConfig":
-        """The model's recipe (petal.models registry), overridden by every setting that is not None.
+        """The model's recipe (petal.registry registry), overridden by every setting that is not None.
         The recipe's warm-up is shortened to fit a run shorter than it; its training crops keep their
         ratio to the image size when only the image size is given."""
-        from petal.models import get_model_entry
+        from petal.registry import get_model_entry
 
         given = {k: v for k, v in settings.items() if v is not None}
         entry = get_model_entry(model)
@@ -117,11 +155,10 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         check_pixel_limit(self.max_pixels)
-        for name, valid in (("class_weight", ("none", "auto")), ("optimizer", OPTIMIZERS), ("augmentation", tuple(AUGMENTATIONS)),
-                            ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS), ("strategy", STRATEGIES),
-                            ("lr_scaling", ("linear", "none")), ("layout", ("auto", "split", "classes"))):
-            if getattr(self, name) not in valid:
-                raise ConfigError(f"{name} must be one of {', '.join(valid)}. Received: {name}={getattr(self, name)!r}")
+        for f in dataclasses.fields(self):
+            valid = f.metadata.get("choices")
+            if valid and getattr(self, f.name) not in valid:
+                raise ConfigError(f"{f.name} must be one of {', '.join(valid)}. Received: {f.name}={getattr(self, f.name)!r}")
         if self.trains_at_another_size and self.augmentation not in CROPPING_AUGMENTATIONS:
             raise ConfigError(f"train image size is the size of random training crops: it needs augmentation "
                               f"{', '.join(CROPPING_AUGMENTATIONS)}. Received: augmentation={self.augmentation!r}")

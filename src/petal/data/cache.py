@@ -1,12 +1,12 @@
 """A sharded on-disk cache of decoded images, keyed by file contents and decode settings.
 
-Every image is decoded once by `petal.image.decode_image` and stored as uint8 rows of NumPy shard
+Every image is decoded once by `petal.data.decode.decode_image` and stored as uint8 rows of NumPy shard
 files. A later run over the same files (even renamed or moved) reads the shards through memory
 maps and decodes nothing; a changed file gets a new key and is decoded again. Memory use stays at
 one shard being written plus what the OS pages in, whatever the size of the folder.
 
 Layout: <cache root>/<size>-<settings key>/shard-<id>.npy (N x H x W x 3 uint8) and shard-<id>.json
-(see ShardStore). `petal.embeddings` keeps a backbone's embeddings in the same kind of store.
+(see ShardStore). `petal.training.embeddings` keeps a backbone's embeddings in the same kind of store.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 from petal import atomic
-from petal.data import ImageFolder
+from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, decode_image, open_regular
+from petal.data.folder import ImageFolder
 from petal.errors import DiskFullError, ImageError
-from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD, decode_image, open_regular
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: large non-JPEG images are shrunk by an integer factor while decoding (petal.image)
+CACHE_FORMAT = 2  # 2: large non-JPEG images are shrunk by an integer factor while decoding (petal.data.decode)
 SHARD_SIZE = 512  # images per shard: 512 x 180 x 180 x 3 bytes = 50 MB
 
 
@@ -42,7 +42,7 @@ def default_cache_root() -> Path:
 
 @dataclass
 class CachedRows:
-    """Rows of one `ImageFolder` in its order (decoded images, or their embeddings: `petal.embeddings`),
+    """Rows of one `ImageFolder` in its order (decoded images, or their embeddings: `petal.training.embeddings`),
     read from the shard files a batch at a time."""
 
     folder: ImageFolder

@@ -4,10 +4,10 @@ Every classifier takes 0..255 images like any petal model: the backbone's own pr
 inside it (or inside the Keras application), so training, evaluation, export and prediction cannot
 disagree on it. Weights come the standard Keras way: "imagenet" makes Keras use
 ~/.keras/models/<file> (downloading it there when missing), a path uses that file. MobileNetV2 1.0, the
-default model's backbone, also ships inside the package (petal/models/weights, provenance and licence
+default model's backbone, also ships inside the package (petal/training/models/weights, provenance and licence
 beside it): "imagenet" takes Keras's cached file when there is one, else the shipped copy, so the
-default never needs a download. Training
-(petal.training) first fits the head on cached embeddings with the backbone frozen, then optionally
+default never needs a download. petal.registry lists them with their recipes. Training
+(petal.training.loop) first fits the head on cached embeddings with the backbone frozen, then optionally
 fine-tunes the top blocks; `block_pattern` tells which layers make up a block.
 """
 
@@ -25,39 +25,12 @@ import keras
 from keras import layers
 
 from petal.errors import WeightsError
-from petal.models._registry import ModelSpec, register_model
+from petal.registry import ModelSpec
 
 HEAD_DROPOUT = 0.2
 BACKBONE_LAYER = "backbone"  # the Keras application inside every classifier, by this name
 
-# The recipe these backbones were measured with (docs/BENCHMARKS.md, benchmarks/transfer.py). `epochs`
-# are the head's, on cached embeddings; augmentation serves the optional fine-tuning.
-RECIPE = {
-    "image_size": (224, 224),
-    "epochs": 30,
-    "batch_size": 32,
-    "optimizer": "adam",
-    "learning_rate": 0.003,
-    "lr_schedule": "cosine",
-    "label_smoothing": 0.1,
-    "augmentation": "crop-flip",
-    "precision": "float32",
-}
-
-# The default model's recipe (docs/TRAINING.md, benchmarks/default_recipe.py): the head on cached
-# embeddings, then the top blocks fine-tuned on augmented images with batch norm frozen.
-DEFAULT_RECIPE = {
-    **RECIPE,
-    "fine_tune_blocks": 8,
-    "fine_tune_epochs": 5,
-    "fine_tune_learning_rate": 3e-4,
-}
-
-MINUS_ONE_TO_ONE = "x / 127.5 - 1, inside the model"
-KERAS_OWN = "the Keras application's own (Rescaling/Normalization layers), inside the model"
-
-
-# Files shipped in petal/models/weights, by name, with the sha256 their README records.
+# Files shipped in petal/training/models/weights, by name, with the sha256 their README records.
 SHIPPED_WEIGHTS = {
     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5":
         "71e4c4ec4aa24c9c951b9265d6de42e1336dcf614c2214fa6a989208615e232c",
@@ -99,23 +72,39 @@ def resolve_weights(weights: str | None, keras_file: str, shipped_file: str) -> 
     return str(shipped_weights(shipped_file))
 
 
-def _backbone_builder(application, rescale: bool, shipped_file: str | None = None, keras_file=None, **options):
-    def build(num_classes: int, image_size: tuple[int, int], weights: str | None) -> ModelSpec:
-        images = keras.Input((*image_size, 3), name="image")
-        x = layers.Rescaling(1 / 127.5, offset=-1, name="preprocessing")(images) if rescale else images
-        if shipped_file:
-            weights = resolve_weights(weights, keras_file(image_size), shipped_file)
-        backbone = load_backbone(application, image_size, weights, **options)
-        backbone.trainable = False
-        embeddings = backbone(x)
-        head = keras.Sequential(
-            [keras.Input((embeddings.shape[-1],)), layers.Dropout(HEAD_DROPOUT), layers.Dense(num_classes, name="logits")],
-            name="head",
-        )
-        classifier = keras.Model(images, head(embeddings), name="classifier")
-        return ModelSpec(classifier, features=keras.Model(images, embeddings, name="features"), head=head)
+# Backbones whose ImageNet weights ship inside the package: the Keras file name for an input size, and the shipped file.
+SHIPPED_FOR = {"MobileNetV2": (mobilenet_v2_weights_file, mobilenet_v2_weights_file((224, 224)))}
+RESCALED_TO_MINUS_ONE_TO_ONE = ("MobileNet", "MobileNetV2")  # the others carry their own preprocessing layers
 
-    return build
+
+def build_classifier(num_classes: int, image_size: tuple[int, int], weights: str | None, application: str, **options) -> ModelSpec:
+    """keras.applications.`application` without its top, frozen, under a dropout-and-dense head.
+
+    Args:
+        num_classes: width of the logits.
+        image_size: (height, width) of the float32 0..255 input; (None, None) builds for any size.
+        weights: "imagenet" (Keras's cached file, else a copy petal ships), a weights file, or None (random).
+        application: a name in keras.applications, e.g. "MobileNetV2".
+        options: for the application, e.g. alpha.
+
+    Raises:
+        WeightsError: the weights cannot be had or do not fit.
+    """
+    images = keras.Input((*image_size, 3), name="image")
+    rescale = application in RESCALED_TO_MINUS_ONE_TO_ONE
+    x = layers.Rescaling(1 / 127.5, offset=-1, name="preprocessing")(images) if rescale else images
+    if application in SHIPPED_FOR:
+        keras_file, shipped_file = SHIPPED_FOR[application]
+        weights = resolve_weights(weights, keras_file(image_size), shipped_file)
+    backbone = load_backbone(getattr(keras.applications, application), image_size, weights, **options)
+    backbone.trainable = False
+    embeddings = backbone(x)
+    head = keras.Sequential(
+        [keras.Input((embeddings.shape[-1],)), layers.Dropout(HEAD_DROPOUT), layers.Dense(num_classes, name="logits")],
+        name="head",
+    )
+    classifier = keras.Model(images, head(embeddings), name="classifier")
+    return ModelSpec(classifier, features=keras.Model(images, embeddings, name="features"), head=head)
 
 
 def load_backbone(application, image_size: tuple[int, int], weights: str | None, **options) -> keras.Model:
@@ -142,39 +131,6 @@ def load_backbone(application, image_size: tuple[int, int], weights: str | None,
     sys.stdout.write(keras_says.getvalue())
     backbone.name = BACKBONE_LAYER  # renamed only now: EfficientNets derive their weights file name from `name`
     return backbone
-
-
-def _register(name: str, description: str, application, rescale: bool, block_pattern: str, recipe: dict = RECIPE,
-              shipped_file: str | None = None, keras_file=None, **options):
-    register_model(
-        name,
-        description,
-        recipe=recipe,
-        preprocessing=MINUS_ONE_TO_ONE if rescale else KERAS_OWN,
-        block_pattern=block_pattern,
-    )(_backbone_builder(application, rescale, shipped_file, keras_file, **options))
-
-
-for _alpha in ("0.25", "0.5", "0.75", "1.0"):
-    _register(
-        f"mobilenet-v1-{_alpha}",
-        f"pretrained MobileNet v1, width {_alpha} (ImageNet)",
-        keras.applications.MobileNet,
-        rescale=True,
-        block_pattern=r"^conv_(?:dw|pw|pad)_(?P<block>\d+)(?:_|$)",
-        alpha=float(_alpha),
-    )
-_register("mobilenet-v2", "pretrained MobileNetV2 1.0 (ImageNet, weights shipped with petal), fine-tuned: the default",
-          keras.applications.MobileNetV2, rescale=True, block_pattern=r"^(?P<block>block_\d+|expanded_conv)_",
-          recipe=DEFAULT_RECIPE, shipped_file=mobilenet_v2_weights_file((224, 224)), keras_file=mobilenet_v2_weights_file)
-_register("mobilenet-v3-small", "pretrained MobileNetV3Small (ImageNet)", keras.applications.MobileNetV3Small,
-          rescale=False, block_pattern=r"^(?P<block>expanded_conv(?:_\d+)?)_")
-_register("mobilenet-v3-large", "pretrained MobileNetV3Large (ImageNet)", keras.applications.MobileNetV3Large,
-          rescale=False, block_pattern=r"^(?P<block>expanded_conv(?:_\d+)?)_")
-_register("efficientnet-b0", "pretrained EfficientNetB0 (ImageNet)",
-          keras.applications.EfficientNetB0, rescale=False, block_pattern=r"^(?P<block>block\d+[a-z])_")
-_register("efficientnetv2-b0", "pretrained EfficientNetV2B0 (ImageNet)", keras.applications.EfficientNetV2B0,
-          rescale=False, block_pattern=r"^(?P<block>block\d+[a-z])_")
 
 
 def backbone_blocks(classifier: keras.Model, block_pattern: str) -> list[list[keras.layers.Layer]]:

@@ -1,6 +1,6 @@
 """`petal data DIR`: examine every file of an image folder and name, by path, what is wrong with it.
 
-Each file is opened through `petal.image.load_rgb`, the decoder training and prediction use, so a
+Each file is opened through `petal.data.decode.load_rgb`, the decoder training and prediction use, so a
 file the doctor passes is a file training can read, and one it flags is one training leaves out.
 Exact duplicates are found by content hash, near duplicates (resized or re-encoded copies) by a
 64-bit difference hash; both are reported within a class, across classes and across the split.
@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from petal.data import Split
-from petal.errors import ImageError
-from petal.image import (
+from petal.data.decode import (
     DEFAULT_MAX_PIXELS,
     FORMAT_OF_EXTENSION,
     IMAGE_EXTENSIONS,
@@ -30,6 +28,8 @@ from petal.image import (
     load_rgb,
     open_regular,
 )
+from petal.data.folder import Split
+from petal.errors import ImageError
 
 MIN_SIDE = 32  # smaller images carry too little to learn from at any usual input size
 EXAMINE_SIZE = 64  # the doctor decodes at least this size (hashes and exposure need no more): cheap for big files
@@ -58,7 +58,7 @@ KINDS = {
     "near-duplicate-within-class": ("info", "near copy (resized or re-encoded) of an image of the same class"),
     "near-duplicate-across-classes": ("warning", "near copy of an image of another class"),
     "near-duplicate-across-split": ("warning", "near copy in training and validation (or test)"),
-    # Only with --label-issues (petal.label_issues): from a pretrained backbone's embeddings and cleanlab.
+    # Only with --label-issues (petal.training.label_issues): from a pretrained backbone's embeddings and cleanlab.
     "label-issue": ("warning", "filed under one class, looks like another (Confident Learning): check its label"),
     "outlier": ("warning", "unlike the other images of the folder: maybe not a photo of any class"),
 }

@@ -23,21 +23,21 @@ import numpy as np
 import tensorflow as tf
 
 from petal import atomic
-from petal.augment import build_augmentation
-from petal.cache import CachedRows, DecodeCache, default_cache_root
 from petal.config import TrainConfig
-from petal.data import Split, load_split, write_file_list
-from petal.diagnosis import diagnose
-from petal.embeddings import EmbeddingCache
+from petal.data.cache import CachedRows, DecodeCache, default_cache_root
+from petal.data.folder import Split, load_split, write_file_list
 from petal.errors import ConfigError, RunFolderError
-from petal.models import ModelSpec, create_model, get_model_entry
-from petal.models.backbones import unfreeze_top_blocks
-from petal.models.test_time_flip import with_test_time_flip
-from petal.pipeline import make_dataset
-from petal.plots import save_curves, save_image_grid
-from petal.precision import resolve_precision
-from petal.report import build_report
-from petal.run import RunFolder, load_keras_model
+from petal.registry import ModelSpec, create_model, get_model_entry
+from petal.run_folder import RunFolder, load_keras_model
+from petal.training.augment import build_augmentation
+from petal.training.diagnosis import diagnose
+from petal.training.embeddings import EmbeddingCache
+from petal.training.models.backbones import unfreeze_top_blocks
+from petal.training.models.flip_average import with_test_time_flip
+from petal.training.pipeline import make_dataset
+from petal.training.plots import save_curves, save_image_grid
+from petal.training.precision import resolve_precision
+from petal.training.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ def prepare_data(config: TrainConfig, split: Split, progress=None) -> PreparedDa
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, verbose: int = 2, progress=None) -> TrainResult:
     """Train in this process: on one device, or with config.strategy "mirrored" on every local GPU (or
-    logical device). Multi-worker training goes through petal.distributed.train_on_ray."""
+    logical device). Multi-worker training goes through petal.scale.multi_worker.train_on_ray."""
     if config.strategy == "multi-worker":
-        raise ConfigError("strategy 'multi-worker' runs on Ray: petal.distributed.train_on_ray (petal train --workers N)")
+        raise ConfigError("strategy 'multi-worker' runs on Ray: petal.scale.multi_worker.train_on_ray (petal train --workers N)")
     entry = check_model_settings(config)
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)

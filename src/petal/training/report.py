@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from petal import atomic
-from petal.run import RunFolder
+from petal.run_folder import RunFolder
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}

@@ -3,7 +3,7 @@
 The source (a folder searched recursively, a glob, or a manifest: .txt, .csv or .parquet with a
 `path` column) is first streamed into numbered manifest parts of `part_size` paths under
 OUT/_manifest/. The parts are the unit of work and of record: Ray Data hands part numbers to a pool of
-actors, each holding one LiteRT interpreter (petal.predict.Predictor, so the same decode-and-resize
+actors, each holding one LiteRT interpreter (petal.runtime.predict.Predictor, so the same decode-and-resize
 as everywhere else), and each part's rows are written atomically as OUT/part-NNNNNN.parquet. The
 driver only ever sees one small summary per part, so its memory does not grow with the number of
 files. Started again after a kill, the same command skips every part whose file exists; a part cut
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Iterator
 
 from petal import atomic
+from petal.data.decode import IMAGE_EXTENSIONS
 from petal.errors import ConfigError, PetalError, RunFolderError
-from petal.image import IMAGE_EXTENSIONS
-from petal.native_log import native_log_silenced
+from petal.runtime.native_log import native_log_silenced
 
 PART_SIZE = 512
 MAX_BLOCKS = 10_000  # Ray Data blocks of part numbers: one part each, up to this many
@@ -175,7 +175,7 @@ class PartPredictor:
     """A Ray Data actor: one LiteRT interpreter; predicts whole parts and writes each one's Parquet file."""
 
     def __init__(self, model: str, out: str, top_k: int, batch_size: int):
-        from petal.predict import Predictor
+        from petal.runtime.predict import Predictor
 
         self.predictor = Predictor.load(model, num_threads=1)
         self.folder = BatchFolder(out)
@@ -194,7 +194,7 @@ class PartPredictor:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from petal.predict import PredictionError
+        from petal.runtime.predict import PredictionError
 
         # As written (petal.atomic.write_text): exact bytes of non-UTF-8 names; "\n" only, names may hold \r or \u2028.
         paths = [p for p in self.folder.manifest_part(part).read_bytes().decode("utf-8", "surrogateescape").split("\n") if p]
@@ -232,8 +232,8 @@ def predict_batch(model: str | os.PathLike, source: str, out: str | os.PathLike,
                   overwrite: bool = False, dashboard: bool = False, progress=None) -> BatchResult:
     """Predict every file of `source` into Parquet parts under `out`; see the module docstring.
     `progress(None, total=N)` makes a bar with update(n) and close(), such as tqdm's."""
-    from petal.cluster import check_workers, ray_cluster, ray_error_line
-    from petal.predict import Predictor
+    from petal.runtime.predict import Predictor
+    from petal.scale.cluster import check_workers, ray_cluster, ray_error_line
 
     if workers < 1 or batch_size < 1 or top_k < 1 or part_size < 1:
         raise ConfigError("--workers, --batch-size, --top-k and --part-size must be at least 1")
@@ -281,7 +281,7 @@ def predict_batch(model: str | os.PathLike, source: str, out: str | os.PathLike,
 def _cpus_per_worker(ray, workers: int) -> float:
     """One CPU per actor where there is room, else a fraction: actors that claim every CPU starve Ray
     Data's other stages and the job hangs (docs/SCALE.md). Half a CPU always stays free."""
-    from petal.cluster import available_cpus
+    from petal.scale.cluster import available_cpus
 
     return min(1.0, (available_cpus(ray) - 0.5) / workers)
 

@@ -16,8 +16,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD
 from petal.errors import ModelFileError
-from petal.image import DEFAULT_MAX_PIXELS, RESIZE_METHOD
 
 METADATA_NAME = "petal"
 MAX_METADATA_ENTRIES = 1024  # the converter writes a handful; a damaged count must not loop for minutes

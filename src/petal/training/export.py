@@ -25,17 +25,17 @@ import tensorflow as tf
 
 import petal
 from petal import atomic
-from petal.cache import CachedRows
 from petal.config import ExportConfig
-from petal.data import ImageFolder, write_file_list
+from petal.data.cache import CachedRows
+from petal.data.decode import RESIZE_METHOD
+from petal.data.folder import ImageFolder, write_file_list
 from petal.errors import ExportError
-from petal.image import RESIZE_METHOD
-from petal.metadata import embed_metadata
-from petal.native_log import native_log_silenced
-from petal.predict import LiteRTRunner, rank_classes, softmax
-from petal.report import build_report
-from petal.run import RunFolder
-from petal.training import decode_cache
+from petal.run_folder import RunFolder
+from petal.runtime.metadata import embed_metadata
+from petal.runtime.native_log import native_log_silenced
+from petal.runtime.predict import LiteRTRunner, rank_classes, softmax
+from petal.training.loop import decode_cache
+from petal.training.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def compare_with_keras(model, files: dict[str, bytes], images: CachedRows, confi
         positions = np.arange(start, min(start + PARITY_BATCH, len(images)))
         batch = images.gather(positions).astype(np.float32)
         keras_logits = np.asarray(model(batch, training=False), dtype=np.float32)
-        # Ranked as `petal evaluate` ranks the written file (petal.predict.rank_classes): ties count alike.
+        # Ranked as `petal evaluate` ranks the written file (petal.runtime.predict.rank_classes): ties count alike.
         keras_probs = softmax(keras_logits)
         keras_top = rank_classes(keras_probs)[:, 0]
         keras_right += int((keras_top == labels[positions]).sum())

@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from petal.cache import CachedRows, ShardStore, settings_key
+from petal.data.cache import CachedRows, ShardStore, settings_key
 
 log = logging.getLogger(__name__)
 

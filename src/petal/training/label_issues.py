@@ -22,7 +22,7 @@ Uncertainty in Dataset Labels", JAIR 70, 2021), through the cleanlab library:
    in at most HASH_RADIUS bits with embeddings within HASH_CONFIRM_DISTANCE (re-encoded and resized copies);
    the thresholds and their measured precision and recall are in docs/DATA-DOCTOR.md (benchmarks/label_issues.py).
 
-The findings join the data doctor's (petal.doctor) by path, with kinds `label-issue`, `outlier` and
+The findings join the data doctor's (petal.data.doctor) by path, with kinds `label-issue`, `outlier` and
 `near-duplicate-*`. Nothing here deletes a file: `move_flagged` moves flagged files to a quarantine
 folder with a manifest that `undo_move` (`petal data --undo-move MANIFEST`) reads to put them back, and
 `read_exclusion_list` reads a list that `petal train --exclude` leaves out of the split.
@@ -45,10 +45,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from petal import atomic
-from petal.data import ImageFolder, Split
-from petal.doctor import KINDS, DoctorReport, Finding
+from petal.data.decode import DEFAULT_MAX_PIXELS
+from petal.data.doctor import KINDS, DoctorReport, Finding
+from petal.data.folder import ImageFolder, Split
 from petal.errors import ConfigError, DataError, PetalError
-from petal.image import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class LabelIssues:
     """What `find_issues` found, with the arrays it was found from (row i is `paths[i]`).
 
     `pred_probs`: float32 (N, classes), out-of-sample; `label_quality`, `outlier_scores`: float64 (N,) in
-    0..1, lower is worse; `images`: the decoded images (petal.cache.CachedRows, uint8 H x W x 3) the
+    0..1, lower is worse; `images`: the decoded images (petal.data.cache.CachedRows, uint8 H x W x 3) the
     contact sheet is drawn from. `seconds`: wall time per stage."""
 
     findings: list[ScoredFinding]
@@ -126,7 +126,7 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
     """Label issues, outliers and near copies among every image of `split` (train, validation and test).
 
     Args:
-        split: from `petal.data.load_split`; labels are the class folders.
+        split: from `petal.data.folder.load_split`; labels are the class folders.
         cache_dir: decode and embedding cache (None: $PETAL_CACHE_DIR or ~/.cache/petal), shared with training.
         image_size: (height, width) in pixels the backbone sees; None: the default model's (224, 224).
         folds: K of the stratified K-fold cross-validation (at most the smallest class's size).
@@ -192,13 +192,13 @@ def _whole_folder(split: Split) -> tuple[ImageFolder, dict[str, str]]:
 
 def embed(folder: ImageFolder, *, cache_dir=None, image_size=None, max_pixels: int = DEFAULT_MAX_PIXELS, workers=None,
           progress=None, embedding_progress=None, backbone=None):
-    """(decoded images, embeddings) of `folder` as petal.cache.CachedRows: uint8 (H, W, 3) and float32 (1280,)
+    """(decoded images, embeddings) of `folder` as petal.data.cache.CachedRows: uint8 (H, W, 3) and float32 (1280,)
     rows of the default model's frozen backbone (or `backbone`'s), through the very caches (and keys) `petal train` uses."""
-    from petal.cache import default_cache_root
     from petal.config import TrainConfig
-    from petal.embeddings import EmbeddingCache
-    from petal.models import DEFAULT_MODEL, create_model
-    from petal.training import decode_cache
+    from petal.data.cache import default_cache_root
+    from petal.registry import DEFAULT_MODEL, create_model
+    from petal.training.embeddings import EmbeddingCache
+    from petal.training.loop import decode_cache
 
     if backbone is not None:
         image_size = tuple(backbone.input_shape[1:3])
@@ -260,10 +260,10 @@ def _find(class_names, paths, labels, pred_probs, features, hashes, keys, sides,
 
 
 def difference_hashes(images) -> np.ndarray:
-    """uint64 (N,): the doctor's 64-bit difference hash (petal.doctor) of each decoded image row."""
+    """uint64 (N,): the doctor's 64-bit difference hash (petal.data.doctor) of each decoded image row."""
     from PIL import Image
 
-    from petal.doctor import _difference_hash
+    from petal.data.doctor import _difference_hash
 
     hashes = np.zeros(len(images), dtype=np.uint64)
     for start in range(0, len(images), 256):
@@ -299,7 +299,7 @@ def near_duplicates(paths: Sequence[str], labels: np.ndarray, class_names, keys:
 
     rows, cols = np.nonzero(distances < threshold)
     candidates = {tuple(sorted((int(i), int(neighbours[i, j])))) for i, j in zip(rows, cols)}
-    flat = (hashes == 0) | (hashes == np.uint64(2**64 - 1))  # flat images all hash alike (as in petal.doctor)
+    flat = (hashes == 0) | (hashes == np.uint64(2**64 - 1))  # flat images all hash alike (as in petal.data.doctor)
     candidates |= {(int(i), int(j)) for i, j, _ in zip(*hash_pairs(hashes, radius)) if not (flat[i] or flat[j])}
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     pairs = [(i, j, float(1 - unit[i] @ unit[j]), int(np.bitwise_count(hashes[i] ^ hashes[j])))
@@ -337,7 +337,7 @@ def near_duplicates(paths: Sequence[str], labels: np.ndarray, class_names, keys:
 
 def merge(report: DoctorReport, issues: LabelIssues) -> DoctorReport:
     """The doctor's report with `issues`' findings added by path. A near copy both found (by equal difference
-    hash, petal.doctor) and measured (by embedding distance) is listed once, with its distance. Sorted by kind,
+    hash, petal.data.doctor) and measured (by embedding distance) is listed once, with its distance. Sorted by kind,
     then worst first for `label-issue` and `outlier`, then by path."""
     ours = {(f.path, f.kind) for f in issues.findings}
     findings = [f for f in report.findings if (f.path, f.kind) not in ours] + list(issues.findings)
@@ -354,7 +354,7 @@ def save_contact_sheet(issues: LabelIssues, path: str | os.PathLike, *, limit: i
                        findings: Iterable[ScoredFinding] | None = None) -> Path | None:
     """A PNG grid of the suspect photos, worst first: each label issue, then each outlier, up to `limit`, titled
     with its given and suggested class and file name. None (nothing written) when there is no suspect."""
-    from petal.plots import save_image_grid
+    from petal.training.plots import save_image_grid
 
     chosen = list(findings) if findings is not None else issues.of_kind("label-issue") + issues.of_kind("outlier")
     chosen = chosen[:limit]

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from petal import atomic
-from petal.cache import content_key
-from petal.data import ImageFolder, index_folder
+from petal.data.cache import content_key
+from petal.data.folder import ImageFolder, index_folder
 from petal.errors import ConfigError, DataError, RunFolderError
-from petal.predict import PredictionError, Predictor
-from petal.report import build_report
-from petal.run import RunFolder
+from petal.run_folder import RunFolder
+from petal.runtime.predict import PredictionError, Predictor
+from petal.training.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +162,14 @@ def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
     atomic.write_text(out / "mistakes.csv", buffer.getvalue())
     written = [out / "metrics.json", out / "mistakes.csv"]
     try:
-        from petal import plots
+        from petal.training import plots
     except ImportError:
         log.info("matplotlib is not installed (pip install 'petal-vision[train]'): no PNGs, only metrics.json and mistakes.csv")
         return written
     plots.save_confusion(np.array(evaluation.confusion), evaluation.class_names, out / "confusion.png")
     plots.save_reliability(evaluation.reliability, evaluation.expected_calibration_error, out / "reliability.png")
     if evaluation.mistakes:
-        from petal.image import decode_image
+        from petal.data.decode import decode_image
 
         images = [decode_image(os.path.join(data_root, m.path), (160, 160)) for m in evaluation.mistakes]
         titles = [f"{m.true} → {m.predicted} {100 * m.confidence:.0f}%\n{Path(m.path).name[:28]}" for m in evaluation.mistakes]

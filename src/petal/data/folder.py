@@ -20,8 +20,8 @@ from typing import Collection
 import numpy as np
 
 from petal import atomic
+from petal.data.decode import IMAGE_EXTENSIONS
 from petal.errors import ConfigError, DataError
-from petal.image import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123,
     `follow_links`: follow symlinked sub-folders inside class folders, as Keras's `follow_links=True`
     (each real folder once); when False, as Keras's default, they are listed in a warning, not read.
     `exclude`: paths relative to `root` left out after the split is made, so every other file keeps its
-    side (`petal train --exclude`, petal.label_issues.read_exclusion_list); unknown paths are named in a warning.
+    side (`petal train --exclude`, petal.training.label_issues.read_exclusion_list); unknown paths are named in a warning.
 
     Raises:
         ConfigError: unknown `layout`, or `layout="split"` on a tree without train/ and val/.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from petal.models._registry import ModelSpec, register_model
+from petal.registry import ModelSpec
 
 
 def _tutorial_cnn(num_classes: int, image_size: tuple[int, int], dropout: float | None, name: str) -> keras.Model:
@@ -27,19 +27,9 @@ def _tutorial_cnn(num_classes: int, image_size: tuple[int, int], dropout: float 
     return keras.Model(inputs, outputs, name=name)
 
 
-@register_model(
-    "tutorial",
-    "The tutorial's first CNN: 3x Conv2D+MaxPooling (16/32/64), Dense 128; no augmentation",
-    recipe={"epochs": 10},  # as the tutorial trains it; tutorial-augmented takes the TrainConfig default, 15
-)
 def tutorial(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
     return ModelSpec(_tutorial_cnn(num_classes, image_size, dropout=None, name="tutorial"))
 
 
-@register_model(
-    "tutorial-augmented",
-    "The tutorial's second CNN: flip/rotate(0.1)/zoom(0.1) augmentation and Dropout(0.2)",
-    recipe={"augmentation": "tutorial"},
-)
 def tutorial_augmented(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
     return ModelSpec(_tutorial_cnn(num_classes, image_size, dropout=0.2, name="tutorial_augmented"))

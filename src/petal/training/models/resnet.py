@@ -14,29 +14,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from petal.models._registry import ModelSpec, register_model
+from petal.registry import ModelSpec
 
 WIDTHS = (32, 64, 96, 128)
 STEM = (3, 2)  # kernel, stride
 STRIDES = (2, 2, 2, 2)  # after the stem's 2: the last feature map is 1/32 of the input, as in ResNet
 BN_MOMENTUM = 0.9
-
-# The training recipe this architecture was measured with; TrainConfig fields it overrides.
-RECIPE = {
-    "image_size": (144, 144),
-    "train_image_size": (112, 112),
-    "epochs": 120,
-    "batch_size": 32,
-    "optimizer": "adamw",
-    "learning_rate": 0.002,
-    "weight_decay": 0.05,
-    "lr_schedule": "cosine",
-    "warmup_epochs": 2,
-    "label_smoothing": 0.1,
-    "augmentation": "crop-flip-color",
-    "precision": "auto",
-    "test_time_flip": True,
-}
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
@@ -54,12 +37,6 @@ def _basic_block(x, filters: int, stride: int, name: str):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, h]))
 
 
-@register_model(
-    "petal-resnet",
-    "Small ResNet for CPUs: 4 residual stages (32-128 wide), batch norm, global pooling; ~0.5 M params, <2 MB .tflite",
-    recipe=RECIPE,
-    any_input_size=True,
-)
 def petal_resnet(num_classes: int, image_size: tuple[int, int]) -> ModelSpec:
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)

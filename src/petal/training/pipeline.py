@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from petal.augment import Augment
-from petal.cache import CachedRows
+from petal.data.cache import CachedRows
+from petal.training.augment import Augment
 
 
 class EpochOrder:

@@ -1,7 +1,7 @@
 """Predict classes of images with a run folder (Keras) or a `.tflite` file (LiteRT, no TensorFlow).
 
 A `.tflite` written by `petal export` carries its labels and preprocessing, so it needs no other file.
-Both backends feed the model through `petal.image.decode_image`, the function training used.
+Both backends feed the model through `petal.data.decode.decode_image`, the function training used.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from petal.data.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image, open_regular
 from petal.errors import ConfigError, ImageError, ModelFileError, RunFolderError
-from petal.image import DEFAULT_MAX_PIXELS, ImageSource, decode_image, open_regular
-from petal.metadata import check_metadata, read_metadata
+from petal.runtime.metadata import check_metadata, read_metadata
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Predictor:
 
     @classmethod
     def _from_run_folder(cls, path: Path) -> "Predictor":
-        from petal.run import RunFolder
+        from petal.run_folder import RunFolder
 
         run = RunFolder(path)
         config = run.config()

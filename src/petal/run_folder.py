@@ -15,7 +15,7 @@
     checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
     export/              model-VARIANT.tflite, report.json/.md, calibration.csv, written by `petal export`
     evaluation/NAME/     metrics.json, mistakes.csv and PNGs, written by `petal evaluate`
-    report.html          all of the above on one self-contained page (petal.report)
+    report.html          all of the above on one self-contained page (petal.training.report)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from petal import atomic
 from petal.config import TrainConfig
-from petal.data import ImageFolder, read_file_list
+from petal.data.folder import ImageFolder, read_file_list
 from petal.errors import ModelFileError, RunFolderError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def load_keras_model(path: str | os.PathLike, *, compile: bool = False):
     """
     import keras
 
-    import petal.models  # noqa: F401  (registers petal's own Keras layers, which the file may hold)
+    import petal.training.models.flip_average  # noqa: F401  (registers petal's own Keras layers, which the file may hold)
 
     path = Path(path)
     if not path.is_file():

@@ -1,12 +1,12 @@
 """`petal serve`: a local page to try a model on your own photos, and `POST /predict` for programs.
 
 Runs on the light runtime: a `.tflite` is served by LiteRT without TensorFlow (a run folder works
-too, through Keras). Uploads go through `petal.image.decode_image`, the function training used.
+too, through Keras). Uploads go through `petal.data.decode.decode_image`, the function training used.
 
 What one request may cost is bounded, so one odd upload cannot starve the others:
 - bytes: the body is counted while it streams in and refused (413) past the limit, chunked or not;
 - memory: at most `decodes` images are decoded at once, in worker threads, each within the model's
-  pixel limit (about 9 bytes per pixel at worst, `petal.image.open_rgb`); a larger image gets 413;
+  pixel limit (about 9 bytes per pixel at worst, `petal.data.decode.open_rgb`); a larger image gets 413;
 - time: a request not decoded and classified within `timeout_s` of its upload arriving gets 503.
 One interpreter serves every request, one call at a time (LiteRT interpreters are not thread-safe),
 while other requests decode. Every error is JSON, `{"error": message}`; docs/SERVE.md describes the
@@ -29,9 +29,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from petal.data.decode import decode_image
 from petal.errors import ConfigError, ImageError
-from petal.image import decode_image
-from petal.predict import Predictor
+from petal.runtime.predict import Predictor
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_DECODES = 2  # images decoded at once: each may hold ~9 bytes x the model's pixel limit while decoding

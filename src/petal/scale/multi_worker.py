@@ -4,7 +4,7 @@ at --address) and sets up tf.distribute.MultiWorkerMirroredStrategy.
 Keras 3's `model.fit` fails under that strategy (keras-team/keras#20585), so each step here is written
 with `strategy.run` and a GradientTape. Nothing else is: the model comes from the registry, loss,
 optimizer (schedule, scaling rule) and metric from `train.compile_for_training`, augmentation from
-`petal.augment`, the input pipeline from `petal.pipeline`, exactly as in single-process training.
+`petal.training.augment`, the input pipeline from `petal.training.pipeline`, exactly as in single-process training.
 Each worker decodes and reads only its shard of the training files (every worker-th file), takes
 batch_size images per step (the global batch is batch_size x workers), and all take the same number
 of steps. Only the chief (rank 0) writes checkpoints and history into the run folder, through the same
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from petal.config import TrainConfig
 from petal.errors import ConfigError, PetalError
-from petal.run import RunFolder, load_keras_model
+from petal.run_folder import RunFolder, load_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
                  dashboard: bool = False):
     """Train `config` (strategy "multi-worker", `workers` workers) into the run folder `out_dir`."""
 
-    from petal import training as single
-    from petal.cluster import check_workers, ray_cluster
+    from petal.scale.cluster import check_workers, ray_cluster
+    from petal.training import loop as single
 
     if config.strategy != "multi-worker":
         raise ConfigError(f"train_on_ray needs strategy 'multi-worker'. Received: strategy={config.strategy!r}")
@@ -74,7 +74,7 @@ def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from petal.cluster import ray_error_line
+    from petal.scale.cluster import ray_error_line
 
     trainer = TensorflowTrainer(
         _worker_loop,
@@ -102,11 +102,11 @@ def _worker_loop(settings: dict) -> None:
     import ray.train
     import tensorflow as tf
 
-    from petal import training as single
-    from petal.augment import build_augmentation
-    from petal.data import ImageFolder
-    from petal.pipeline import make_dataset
-    from petal.precision import resolve_precision
+    from petal.data.folder import ImageFolder
+    from petal.training import loop as single
+    from petal.training.augment import build_augmentation
+    from petal.training.pipeline import make_dataset
+    from petal.training.precision import resolve_precision
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     context = ray.train.get_context()

@@ -1,0 +1,197 @@
+"""The `petal` commands other than `data`: each turns its parsed arguments into one API call and prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from petal.cli.common import EXIT_ERROR, EXIT_PARTIAL, needs_extra, progress_bar, require
+from petal.cli.data_command import cmd_data
+from petal.config import ExportConfig, TrainConfig
+from petal.data.decode import DEFAULT_MAX_PIXELS
+from petal.errors import PetalError
+from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
+from petal.runtime.native_log import native_log_silenced
+
+SETTINGS = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata]  # petal train's flags, one per setting
+
+
+def cmd_models(args) -> int:
+    entries = list_models(args.pattern)
+    width = max((len(e.name) for e in entries), default=0)
+    for entry in entries:
+        default = " (default)" if entry.name == DEFAULT_MODEL else ""
+        print(f"{entry.name:<{width}}  {entry.description}{default}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    started = time.perf_counter()
+    result = _train(args, args.data_dir)
+    history = result.history.get("val_accuracy") or [float("nan")]
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    print(f"Trained in {minutes} min {seconds} s: final validation accuracy {history[-1]:.4f} after {len(history)} epochs")
+    print(f"Run folder: {result.run.path}  (report: {result.run / 'report.html'})")
+    print(f"Next: petal export {result.run.path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    config = ExportConfig(
+        variants=tuple(v.strip() for v in args.quantize.split(",") if v.strip()),
+        int8_io=args.int8_io,
+        calibration_images=args.calibration_images,
+        min_float_agreement=args.min_agreement,
+        max_accuracy_drop=args.max_accuracy_drop,
+        gate=args.gate,
+    )
+    return export_and_report(args.run_dir, config)
+
+
+def export_and_report(run_dir, config: ExportConfig) -> int:
+    """Export every variant behind the parity gate and print the table and what was written."""
+    with needs_extra("petal export"):
+        from petal.training import export
+    report = export.export_litert(run_dir, config, progress=progress_bar())
+    print(report.markdown())
+    for variant in report.variants:
+        status = "wrote" if variant.passed else ("REJECTED" if config.gate else "wrote despite the gate (--no-gate)")
+        print(f"{variant.variant:>8}: {status} {variant.path}" + ("" if variant.passed else f" ({variant.failure})"))
+    print(f"Report: {Path(report.run) / 'export' / 'report.md'} (and report.json)")
+    if report.failed and config.gate:
+        names = ", ".join(v.variant for v in report.failed)
+        print(f"petal: error: {names} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    with needs_extra("petal evaluate"):  # TF-free; Keras is loaded only for a run folder
+        from petal.training import evaluation as evaluate
+    with native_log_silenced():
+        evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
+    out = args.out or evaluate.default_output(args.model, args.data_dir)
+    written = evaluate.write_evaluation(evaluation, out, evaluation.data)
+    print(evaluation.table())
+    for path, reason in sorted(evaluation.failed.items()):
+        print(f"petal: error: {path}: {reason}", file=sys.stderr)
+    if evaluation.mistakes:
+        print(f"most confident mistakes ({len(evaluation.mistakes)}):")
+        for m in evaluation.mistakes[:5]:
+            print(f"  {m.path}: {m.true} predicted as {m.predicted} ({100 * m.confidence:.1f}%)")
+    print("Wrote " + ", ".join(str(p) for p in written))
+    return EXIT_PARTIAL if evaluation.failed else 0
+
+
+def cmd_report(args) -> int:
+    with needs_extra("petal report"):
+        from petal.training.report import build_report
+    print(f"Wrote {build_report(args.run_dir)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    with needs_extra("petal serve"):
+        import uvicorn
+
+        from petal.runtime import serve
+    if not 0 <= args.port <= 65535 or not args.max_upload_mb > 0:
+        raise PetalError(f"--port must be in 0..65535 and --max-upload-mb positive. Received: --port {args.port}, --max-upload-mb {args.max_upload_mb}")
+    with native_log_silenced():
+        app = serve.create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), decodes=args.decodes,
+                               timeout_s=args.timeout, max_pixels=args.max_pixels)
+    print(f"Serving {args.model} on http://{args.host}:{args.port}/ (POST /predict with a file field 'image'); Ctrl-C stops")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from petal.runtime import predict
+
+    with native_log_silenced():
+        predictor = predict.Predictor.load(args.model)
+    failed = 0
+    for result in predictor.predict(args.images, top_k=args.top_k):
+        if isinstance(result, predict.PredictionError):
+            print(f"petal: error: {result.source}: {result.reason}", file=sys.stderr)
+            failed += 1
+            continue
+        print(result.sentence())
+        print("  " + result.top_line())
+    if failed == len(args.images):
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failed else 0
+
+
+def cmd_predict_batch(args) -> int:
+    require(("ray", "pyarrow", "psutil"), "petal predict-batch")
+    with needs_extra("petal predict-batch"):
+        from petal.scale import predict_batch as batch
+    result = batch.predict_batch(
+        args.model, args.source, args.out, address=args.address, workers=args.workers, batch_size=args.batch_size,
+        top_k=args.top_k, part_size=args.part_size, overwrite=args.overwrite, dashboard=args.dashboard,
+        progress=progress_bar("predicting"),
+    )
+    if result.parts_skipped:
+        print(f"{result.parts_skipped} parts were already written by an earlier run; predicted the rest")
+    print(result.summary() + f" -> {args.out}")
+    if not result.predicted:
+        print(f"petal: error: every file failed; the error column of {args.out}/part-*.parquet says why", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """data -> train -> export -> predict, each step printed as the tutorial does it."""
+    from petal.sample_data import sample_folder
+
+    data_dir = args.data_dir or str(sample_folder())
+    print(f"== 1/4 data: {data_dir}")
+    data_only = {"grid": None, "json": False, "all": False, "label_issues": False, "move_to": None, "undo_move": None}
+    cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS, **data_only}))
+    print("== 2/4 train")
+    result = _train(args, data_dir)
+    accuracy = result.history.get("val_accuracy") or [float("nan")]
+    print(f"Validation accuracy: {accuracy[-1]:.4f} on {len(result.run.split('validation').paths)} photos the model never trained on")
+    print("== 3/4 export")
+    export_and_report(result.run.path, ExportConfig())
+    print("== 4/4 predict (a validation image of each of three classes, through the .tflite)")
+    validation = result.run.split("validation")
+    first_of_class = {}
+    for path, label in zip(validation.paths, validation.labels):
+        first_of_class.setdefault(label, validation.absolute(path))
+    images = list(first_of_class.values())[:3]
+    cmd_predict(argparse.Namespace(model=result.run.export_dir / "model-float32.tflite", images=images, top_k=3))
+    print(f"Run folder: {result.run.path}  (open report.html: curves, diagnosis, samples, export table)")
+    return 0
+
+
+def _train(args, data_dir):
+    with needs_extra("petal train"):
+        from petal.training import loop
+        from petal.training.label_issues import read_exclusion_list
+    model = args.model or DEFAULT_MODEL
+    get_model_entry(model)
+    settings = {name: getattr(args, name, None) for name in SETTINGS}
+    if settings["exclude"]:
+        settings["exclude"] = read_exclusion_list(settings["exclude"], data_dir)
+    for name in ("image_size", "train_image_size"):
+        settings[name] = tuple(getattr(args, name)) if getattr(args, name, None) else None
+    on_ray = bool(getattr(args, "workers", None) or getattr(args, "address", None))
+    if on_ray:
+        settings["strategy"] = "multi-worker"
+    config = TrainConfig.for_model(str(Path(data_dir).resolve()), model, **settings)
+    out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if on_ray:
+        require(("ray", "psutil"), "petal train --workers")
+        with needs_extra("petal train --workers"):
+            from petal.scale.multi_worker import train_on_ray
+        result = train_on_ray(config, out, address=args.address, resume=getattr(args, "resume", False))
+    else:
+        verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in a log
+        result = loop.train(config, out, resume=getattr(args, "resume", False), verbose=verbose, progress=progress_bar())
+    print(f"Diagnosis: {result.diagnosis['verdict']}")
+    return result

@@ -1,0 +1,132 @@
+"""`petal data`: the folder's summary, the doctor's findings, and --label-issues with its contact sheet and moves."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from petal.cli.common import EXIT_PARTIAL, needs_extra, progress_bar, require
+from petal.data import doctor
+from petal.data.decode import decode_image
+from petal.data.folder import load_split
+from petal.errors import PetalError
+
+
+def cmd_data(args) -> int:
+    if args.undo_move:
+        return _undo_move(args.undo_move)
+    if args.data_dir is None:
+        raise PetalError("petal data needs DIR (or --undo-move MANIFEST)")
+    if args.move_to and not args.label_issues:
+        raise PetalError("--move-to moves what --label-issues flags: pass --label-issues too")
+    split = load_split(args.data_dir, args.val_split, args.seed, args.split_method, layout=args.layout,
+                            follow_links=args.follow_links)
+    started = time.perf_counter()
+    report = doctor.examine(split, max_pixels=args.max_pixels, progress=None if args.json else progress_bar("examining"))
+    seconds = time.perf_counter() - started
+    extra = _label_issues(args, split, report) if args.label_issues else {}
+    report = extra.pop("report", report)
+    if args.json:
+        print(json.dumps({**report.to_json(), "unindexed_files": doctor.unindexed_files(args.data_dir), **extra}, indent=2))
+        return 0
+    _print_data_report(report, split, seconds, doctor, args)
+    if args.label_issues:
+        _print_label_issues(extra)
+    grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.png")
+    _save_sample_grid(split.train, set(report.unusable), grid_path)
+    print(f"Sample grid: {grid_path}")
+    return 0
+
+
+def _print_data_report(report, split, seconds, doctor, args) -> None:
+    print(f"Found {report.files} files belonging to {len(report.class_counts)} classes.")
+    width = max(len(name) for name in report.class_counts)
+    for name, count in report.class_counts.items():
+        print(f"  {name:<{width}}  {count:>7,}")
+    print(f"  largest/smallest class: {report.imbalance:.2f}" + ("  (imbalanced: consider --class-weight auto)" if report.imbalance > 3 else ""))
+    how = "as the folder gives it (train/, val/)" if split.method == "given" else (
+        f"{split.method} split, validation fraction {split.val_split}, seed {split.seed}")
+    test = f", and {len(split.test)} test files" if split.test is not None else ""
+    print(f"Using {len(split.train)} files for training and {len(split.validation)} for validation{test} ({how}).")
+    print(f"Examined {report.files} files in {seconds:.1f} s: {report.files - len(report.unusable)} usable, "
+          f"{len(report.unusable)} left out of training.")
+    if report.conversions:
+        print("Converted to RGB: " + ", ".join(f"{k} ({n})" for k, n in sorted(report.conversions.items())))
+    unindexed = doctor.unindexed_files(args.data_dir)
+    if unindexed:
+        print(f"Not indexed (not an image extension): {len(unindexed)} files, e.g. {', '.join(unindexed[:3])}")
+    if not report.findings:
+        print("No problems found.")
+        return
+    counts = {}
+    for finding in report.findings:
+        counts.setdefault(finding.kind, []).append(finding)
+    print(f"{'finding':<30} {'severity':<8} {'files':>6}  meaning")
+    for kind, found in counts.items():
+        print(f"{kind:<30} {found[0].severity:<8} {len(found):>6}  {doctor.KINDS[kind][1]}")
+    for kind, found in counts.items():
+        shown = found if args.all else found[:5]
+        for finding in shown:
+            print(f"  {kind}: {finding.path}" + (f"  ({finding.detail})" if finding.detail else ""))
+        if len(found) > len(shown):
+            print(f"  {kind}: ... and {len(found) - len(shown)} more (--all lists every file)")
+
+
+def _save_sample_grid(folder, unusable: set[str], grid_path: Path) -> None:
+    with needs_extra("petal data"):
+        from petal.training import plots
+    images, titles = [], []
+    for path, label in zip(folder.paths, folder.labels):
+        if path in unusable:
+            continue
+        images.append(decode_image(folder.absolute(path), (180, 180)))
+        titles.append(folder.class_names[label])
+        if len(images) == 9:
+            break
+    plots.save_image_grid(images, titles, grid_path)
+
+
+def _label_issues(args, split, report) -> dict:
+    """petal data --label-issues: find, merge into the doctor's report, draw the contact sheet, move if asked."""
+    require(("cleanlab", "sklearn"), "petal data --label-issues")
+    with needs_extra("petal data --label-issues"):  # TensorFlow's notices while it loads; the progress bars below stay visible
+        from petal.training import label_issues
+    kinds = tuple(k.strip() for k in args.move_kinds.split(",") if k.strip())
+    quiet = args.json
+    found = label_issues.find_issues(split, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
+                                     progress=None if quiet else progress_bar("decoding"),
+                                     embedding_progress=None if quiet else progress_bar("embedding", unit="batch"))
+    sheet = args.contact_sheet or Path(f"{Path(args.data_dir).resolve().name}-label-issues.png")
+    written = label_issues.save_contact_sheet(found, sheet)
+    extra = {"report": label_issues.merge(report, found),
+             "label_issues": {**found.summary(), "contact_sheet": str(written) if written else None}}
+    if args.move_to:
+        manifest, moved = label_issues.move_flagged(extra["report"].findings, split.train.root, args.move_to, kinds)
+        extra["moved"] = {"files": moved, "to": str(args.move_to), "manifest": str(manifest), "undo": f"petal data --undo-move {manifest}"}
+    return extra
+
+
+def _print_label_issues(extra: dict) -> None:
+    found = extra["label_issues"]
+    counts = found["counts"]
+    print(f"Label issues (Confident Learning, cleanlab): {counts.get('label-issue', 0)} label issues, {counts.get('outlier', 0)} outliers "
+          f"among {found['images']} images; {found['folds']}-fold cross-validated accuracy of a linear head on "
+          f"{found['image_size'][0]}x{found['image_size'][1]} embeddings: {found['cross_validated_accuracy']:.3f} "
+          f"({sum(found['seconds'].values()):.1f} s)")
+    if found["contact_sheet"]:
+        print(f"Contact sheet of the suspects: {found['contact_sheet']}")
+    if "moved" in extra:
+        moved = extra["moved"]
+        print(f"Moved {moved['files']} files to {moved['to']}; manifest {moved['manifest']}; undo: {moved['undo']}")
+
+
+def _undo_move(manifest: Path) -> int:
+    with needs_extra("petal data --undo-move"):
+        from petal.training.label_issues import undo_move
+    restored, problems = undo_move(manifest)
+    print(f"Moved {restored} files back")
+    for problem in problems:
+        print(f"petal: error: {problem}", file=sys.stderr)
+    return EXIT_PARTIAL if problems else 0

@@ -1,0 +1,1 @@
+"""Scale-out on Ray (petal-vision[scale]): the local cluster, multi-worker training and predict-batch."""
