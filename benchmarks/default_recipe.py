@@ -31,6 +31,8 @@ VARIANTS = {
     "frozen": ["--fine-tune-blocks", "0"],
     "batch-16": ["--batch-size", "16"],
     "batch-32": ["--batch-size", "32"],
+    "batch-16-warmup-1": ["--batch-size", "16", "--fine-tune-warmup-epochs", "1"],
+    "batch-32-warmup-1": ["--batch-size", "32", "--fine-tune-warmup-epochs", "1"],
 }
 
 

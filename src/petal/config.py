@@ -100,6 +100,8 @@ class TrainConfig:
     fine_tune_blocks: int = setting(0, "after the head (--epochs, on cached embeddings), also train the top N blocks (batch norm "
                                     "stays frozen); 0: off", metavar="N", group=PRETRAINED)
     fine_tune_epochs: int = setting(8, "epochs of fine-tuning", group=PRETRAINED)
+    fine_tune_warmup_epochs: int = setting(0, "epochs of linear warm-up of the fine-tuning rate, so the first steps on augmented "
+                                           "images do not undo the head", group=PRETRAINED)
     fine_tune_learning_rate: float = setting(3e-4, "peak learning rate of fine-tuning (1e-3 collapsed MobileNet v1 0.25 to chance "
                                              "on flower_photos)", group=PRETRAINED)
     # Data-parallel training (petal.scale.multi_worker): each replica takes batch_size images per step.
@@ -125,6 +127,8 @@ class TrainConfig:
         values = {**entry.recipe, **given, "preprocessing": entry.preprocessing}
         if "warmup_epochs" not in given:  # a short run of a recipe with warm-up still works: warm up for less
             values["warmup_epochs"] = min(values.get("warmup_epochs", 0), values.get("epochs", cls.epochs) - 1)
+        if "fine_tune_warmup_epochs" not in given:
+            values["fine_tune_warmup_epochs"] = min(values.get("fine_tune_warmup_epochs", 0), values.get("fine_tune_epochs", cls.fine_tune_epochs) - 1)
         if "image_size" in given and "train_image_size" not in given and entry.recipe.get("train_image_size"):
             # another image size keeps the recipe's ratio of training crop to test size
             ratios = [t / i for t, i in zip(entry.recipe["train_image_size"], entry.recipe["image_size"])]
@@ -176,6 +180,9 @@ class TrainConfig:
             raise ConfigError(f"cutmix must be in [0, 1]. Received: cutmix={self.cutmix}")
         if self.workers < 1 or (self.workers > 1 and self.strategy != "multi-worker"):
             raise ConfigError(f"more than one worker needs strategy 'multi-worker'. Received: workers={self.workers}, strategy={self.strategy!r}")
+        if not 0 <= self.fine_tune_warmup_epochs < self.fine_tune_epochs:
+            raise ConfigError(f"fine-tuning warm-up must be shorter than fine-tuning. Received: fine_tune_warmup_epochs="
+                              f"{self.fine_tune_warmup_epochs}, fine_tune_epochs={self.fine_tune_epochs}")
         if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
             raise ConfigError(
                 "fine-tuning needs blocks >= 0, epochs >= 1 and a positive learning rate. Received: "

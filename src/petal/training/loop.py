@@ -181,7 +181,7 @@ def compile_for_training(model: keras.Model, config: TrainConfig, train_images: 
     """The one definition of loss, optimizer (rate, schedule, scaling rule) and metrics, used by every
     path: one device, mirrored, multi-worker (whose custom step uses model.loss and model.optimizer)."""
     if fine_tuning:
-        base, epochs, warmup = config.fine_tune_learning_rate, config.fine_tune_epochs, 0
+        base, epochs, warmup = config.fine_tune_learning_rate, config.fine_tune_epochs, config.fine_tune_warmup_epochs
     else:
         base, epochs, warmup = config.learning_rate, config.epochs, config.warmup_epochs
     steps_per_epoch = steps_per_epoch or -(-train_images // (config.batch_size * replicas))
