@@ -173,13 +173,12 @@ def _tiny_run_folder(root: Path, model_bytes: bytes) -> Path:
     from petal.config import TrainConfig
     from petal.data.folder import load_split
     from petal.run_folder import RunFolder
-    from petal.training.loop import write_run_start
 
     data = make_folder(root / "photos", per_class=4)
     config = TrainConfig.for_model(str(data), "tutorial", epochs=2, batch_size=4, image_size=(16, 16),
                                    cache_dir=str(root / "cache"))
     run = RunFolder(root / "run")
-    write_run_start(run, config, load_split(data))
+    run.write_start(config, load_split(data))
     run.model_path.write_bytes(model_bytes)
     return run.path
 

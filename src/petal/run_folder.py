@@ -21,6 +21,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 import os
 import zipfile
@@ -28,10 +30,12 @@ from pathlib import Path
 
 from petal import atomic
 from petal.config import TrainConfig
-from petal.data.folder import ImageFolder, read_file_list
+from petal.data.folder import ImageFolder, Split, read_file_list, write_file_list
 from petal.errors import ModelFileError, RunFolderError
 
 log = logging.getLogger(__name__)
+
+RECORDS = {"timings": "timings.json", "parallel": "parallel.json", "diagnosis": "diagnosis.json"}
 
 
 class RunFolder:
@@ -78,6 +82,10 @@ class RunFolder:
             raise RunFolderError(f"{self.path}: {path.name} is missing from split/")
         return read_file_list(path, self.config().data_dir, self.class_names())
 
+    def splits(self) -> dict[str, ImageFolder]:
+        """Every recorded subset: train and validation, and test when the folder had one."""
+        return {subset: self.split(subset) for subset in ("train", "validation", "test") if (self.path / "split" / f"{subset}.csv").exists()}
+
     def history(self) -> dict[str, list[float]]:
         if not self.history_path.exists():
             return {}
@@ -88,6 +96,82 @@ class RunFolder:
     def load_model(self):
         self.require("model.keras")
         return load_keras_model(self.model_path)
+
+    # Writing. Each file is replaced atomically (petal.atomic): a killed command leaves the old one or the new one.
+
+    def write_start(self, config: TrainConfig, split: Split) -> None:
+        """config.json, labels.txt and split/*.csv: what a run is, written before its first epoch."""
+        atomic.write_json(self.config_path, config.to_dict())
+        atomic.write_text(self.labels_path, "\n".join(split.train.class_names) + "\n")
+        for subset, folder in (("train", split.train), ("validation", split.validation), ("test", split.test)):
+            if folder is not None:
+                write_file_list(self.path / "split" / f"{subset}.csv", folder)
+
+    def write_skipped(self, skipped: dict[str, str]) -> None:
+        """skipped.csv: path and reason of each file left out."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180: csv then quotes names holding \r or \n
+        writer.writerow(["path", "reason"])
+        writer.writerows(sorted(skipped.items()))
+        atomic.write_text(self.path / "skipped.csv", buffer.getvalue())
+
+    def skipped(self) -> dict[str, str]:
+        path = self.path / "skipped.csv"
+        if not path.exists():
+            return {}
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            return {row["path"]: row["reason"] for row in csv.DictReader(f)}
+
+    def write_record(self, name: str, values: dict) -> None:
+        """One of the JSON records: "timings" (wall seconds per stage), "parallel" (how the run was spread),
+        "diagnosis" (the overfitting verdict)."""
+        atomic.write_json(self.path / f"{RECORDS[name]}", values)
+
+    def record(self, name: str) -> dict:
+        """A JSON record by name (see write_record); {} when it has not been written."""
+        path = self.path / RECORDS[name]
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def write_history(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[-1]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic.write_text(self.history_path, buffer.getvalue())
+
+    def history_rows(self) -> list[dict]:
+        """history.csv as written, one dict of strings per epoch."""
+        if not self.history_path.exists():
+            return []
+        with open(self.history_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def state(self) -> dict:
+        """checkpoint/state.json: epochs done, the last checkpoint's file name, the best epoch so far."""
+        path = self.checkpoint_dir / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {"epochs_done": 0, "best_epoch": 0, "best_val_accuracy": -1.0}
+
+    def write_state(self, state: dict) -> None:
+        """Commits an epoch: written after its checkpoint and history row."""
+        atomic.write_json(self.checkpoint_dir / "state.json", state)
+
+    def save_checkpoint(self, model, name: str) -> None:
+        """checkpoint/NAME (a .keras file), written atomically; older epoch-*.keras files go once state.json names it."""
+        with atomic.atomic_path(self.checkpoint_dir / name) as tmp:
+            model.save(tmp)
+
+    def remove_old_checkpoints(self, keep: str) -> None:
+        for old in self.checkpoint_dir.glob("epoch-*.keras"):
+            if old.name != keep:
+                old.unlink(missing_ok=True)
+
+    def evaluations(self) -> list[tuple[str, dict]]:
+        """(name, metrics.json) of every evaluation/NAME/ folder, by name."""
+        return [(path.parent.name, json.loads(path.read_text())) for path in sorted((self.path / "evaluation").glob("*/metrics.json"))]
+
+    def export_report(self) -> dict | None:
+        path = self.export_dir / "report.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_keras_model(path: str | os.PathLike, *, compile: bool = False):

@@ -46,7 +46,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     with ray_cluster(address, dashboard=dashboard) as ray:
         check_workers(ray, config.workers)
         if not start_epoch:
-            single.write_run_start(run, config, split)
+            run.write_start(config, split)
         single.write_parallelism(run, config, "multi-worker", config.workers)
         timings: dict[str, float] = {}
         if start_epoch >= config.total_epochs:
@@ -59,7 +59,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     if config.early_stopping:
         model = recorder.best_model()
     else:
-        model = load_keras_model(run.checkpoint_dir / recorder.state()["model"])
+        model = load_keras_model(run.checkpoint_dir / run.state()["model"])
     num_classes = len(split.train.class_names)
     return single.finish(run, config, model, num_classes, timings, skipped={})
 
@@ -131,7 +131,7 @@ def _worker_loop(settings: dict) -> None:
     # folder (the pattern of TensorFlow's multi-worker guide), under RUN/.ray-train, which the driver removes.
     scratch = None if chief else tempfile.TemporaryDirectory(prefix=f"scratch-rank-{rank}-", dir=_ray_dir(run))
     with single.dtype_policy(resolve_precision(config.precision)), strategy.scope():
-        resumed_from = single.RunRecorder(run).state()["model"] if start_epoch else None
+        resumed_from = run.state()["model"] if start_epoch else None
         recorder = single.RunRecorder(run if chief else RunFolder(scratch.name), config.early_stopping)
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / resumed_from, compile=True)

@@ -10,10 +10,7 @@ training computed in, so export and prediction never see a 16-bit graph.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,7 +22,7 @@ import tensorflow as tf
 from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import CachedRows, DecodeCache, default_cache_root
-from petal.data.folder import Split, load_split, write_file_list
+from petal.data.folder import Split, load_split
 from petal.errors import ConfigError, RunFolderError
 from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
@@ -97,12 +94,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         # Built before anything is written: pretrained weights that cannot be had stop the run here.
         spec = None if start_epoch else build_classifier(config, num_classes)
         if not start_epoch:
-            write_run_start(run, config, split)
+            run.write_start(config, split)
         write_parallelism(run, config, config.strategy, replicas)
         with timed(timings, "decode"):
             data = prepare_data(config, split, progress=progress)
         if data.skipped:
-            _write_skipped(run, data.skipped)
+            run.write_skipped(data.skipped)
             shown = ", ".join(sorted(data.skipped)[:3]) + (" ..." if len(data.skipped) > 3 else "")
             log.warning("left out %d files that could not be decoded: %s (see %s)", len(data.skipped), shown, run / "skipped.csv")
         if not len(data.train) or not len(data.validation):
@@ -112,7 +109,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
             _write_previews(run, data.train, class_names, augment)
         recorder = RunRecorder(run, config.early_stopping)
         if start_epoch:
-            model = load_keras_model(run.checkpoint_dir / recorder.state()["model"], compile=True)
+            model = load_keras_model(run.checkpoint_dir / run.state()["model"], compile=True)
             log.info("resuming %s after epoch %d of %d", run.path, start_epoch, config.total_epochs)
         else:
             model = spec.classifier
@@ -196,7 +193,7 @@ def compile_for_training(model: keras.Model, config: TrainConfig, train_images: 
 
 def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replicas: int) -> None:
     """parallel.json: how the run was spread, and what that made of the batch and the learning rate."""
-    atomic.write_json(run / "parallel.json", {
+    run.write_record("parallel", {
         "strategy": strategy,
         "replicas": replicas,
         "batch_size_per_replica": config.batch_size,
@@ -211,11 +208,11 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
     """What every way of training ends with: model.keras (float32, uncompiled), timings, curves, diagnosis, report."""
     with atomic.atomic_path(run.model_path) as tmp:
         _inference_copy(model, config, num_classes).save(tmp)
-    atomic.write_json(run / "timings.json", {k: round(v, 3) for k, v in timings.items()})
+    run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")
     diagnosis = diagnose(history)
-    atomic.write_json(run / "diagnosis.json", diagnosis)
+    run.write_record("diagnosis", diagnosis)
     build_report(run.path)
     return TrainResult(run, history, diagnosis, skipped)
 
@@ -363,25 +360,16 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
         changed = {k: (v, given[k]) for k, v in saved.items() if given[k] != v and k not in RESULT_NEUTRAL_SETTINGS}
         if changed:
             raise RunFolderError(f"{run.path}: cannot resume with different settings (saved, given): {changed}")
-        if not (run.checkpoint_dir / "state.json").exists():
+        if not run.state()["epochs_done"]:
             log.info("%s: no epoch had been recorded; starting the run again", run.path)
             return make_split(config), 0
         split = Split(run.split("train"), run.split("validation"), "recorded", config.val_split, config.seed)
-        return split, RunRecorder(run).state()["epochs_done"]
+        return split, run.state()["epochs_done"]
     if run.path.exists() and any(run.path.iterdir()):
         raise RunFolderError(
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"
         )
     return make_split(config), 0
-
-
-def write_run_start(run: RunFolder, config: TrainConfig, split: Split) -> None:
-    atomic.write_json(run.config_path, config.to_dict())
-    atomic.write_text(run.labels_path, "\n".join(split.train.class_names) + "\n")
-    write_file_list(run / "split" / "train.csv", split.train)
-    write_file_list(run / "split" / "validation.csv", split.validation)
-    if split.test is not None:
-        write_file_list(run / "split" / "test.csv", split.test)
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -394,12 +382,8 @@ class RunRecorder(keras.callbacks.Callback):
         self.patience = patience
         self.started = time.perf_counter()
 
-    def state(self) -> dict:
-        path = self.run.checkpoint_dir / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {"epochs_done": 0, "best_epoch": 0, "best_val_accuracy": -1.0}
-
     def best_model(self) -> keras.Model:
-        best = self.state()
+        best = self.run.state()
         log.info("keeping the weights of epoch %d (val accuracy %.4f)", best["best_epoch"], best["best_val_accuracy"])
         return load_keras_model(self.run.checkpoint_dir / "best.keras")
 
@@ -414,46 +398,22 @@ class RunRecorder(keras.callbacks.Callback):
         of them; only that last epoch can become the best one, as only its weights are kept."""
         last = first_epoch + len(epochs)
         name = f"epoch-{last:04d}.keras"
-        with atomic.atomic_path(self.run.checkpoint_dir / name) as tmp:
-            model.save(tmp)
-        state = self.state()
+        self.run.save_checkpoint(model, name)
+        state = self.run.state()
         best_epoch, best_value = state["best_epoch"], state["best_val_accuracy"]
         if epochs[-1].get("val_accuracy", -1.0) > best_value:
             best_epoch, best_value = last, float(epochs[-1]["val_accuracy"])
             if self.patience:
-                with atomic.atomic_path(self.run.checkpoint_dir / "best.keras") as tmp:
-                    model.save(tmp)
-        rows = _read_rows(self.run.history_path)[:first_epoch]
+                self.run.save_checkpoint(model, "best.keras")
+        rows = self.run.history_rows()[:first_epoch]
         for number, logs in enumerate(epochs, start=first_epoch + 1):
             rows.append({"epoch": number, **{k: float(v) for k, v in sorted(logs.items())}, "seconds": round(seconds, 3)})
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[-1]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic.write_text(self.run.history_path, buffer.getvalue())
-        atomic.write_json(self.run.checkpoint_dir / "state.json",
-                          {"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
-        for old in self.run.checkpoint_dir.glob("epoch-*.keras"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        self.run.write_history(rows)
+        self.run.write_state({"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
+        self.run.remove_old_checkpoints(keep=name)
         if self.patience and last - best_epoch >= self.patience:
             log.info("early stopping after epoch %d: no better val accuracy for %d epochs", last, self.patience)
             model.stop_training = True
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_skipped(run: RunFolder, skipped: dict[str, str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180: csv then quotes names holding \r or \n
-    writer.writerow(["path", "reason"])
-    writer.writerows(sorted(skipped.items()))
-    atomic.write_text(run / "skipped.csv", buffer.getvalue())
 
 
 def _write_previews(run: RunFolder, images: CachedRows, class_names, augment) -> None:

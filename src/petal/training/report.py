@@ -8,11 +8,12 @@ other file, and can be mailed or archived alone. No TensorFlow is imported.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from petal import atomic
 from petal.run_folder import RunFolder
@@ -35,13 +36,13 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     """Write RUN/report.html from what the run folder holds now; return its path."""
     run = RunFolder(run_dir)
     run.require("config.json", "labels.txt")
-    config = json.loads(run.config_path.read_text())
+    config = run.config().to_dict()
     parts = [f"<h1>petal run: {_e(run.path.name)}</h1>", _summary(run, config), _data_section(run)]
     parts.append(_training_section(run))
-    for evaluation in sorted((run / "evaluation").glob("*/metrics.json")):
-        parts.append(_evaluation_section(evaluation.parent))
-    if (run.export_dir / "report.json").exists():
-        parts.append(_export_section(json.loads((run.export_dir / "report.json").read_text())))
+    for name, metrics in run.evaluations():
+        parts.append(_evaluation_section(run / "evaluation" / name, metrics))
+    if run.export_report():
+        parts.append(_export_section(run.export_report()))
     parts.append(_config_section(config))
     page = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width, initial-scale=1'>"
@@ -75,30 +76,22 @@ def _config_section(config: dict) -> str:
 
 def _data_section(run: RunFolder) -> str:
     labels = list(run.class_names())
-    counts = {name: {} for name in labels}
-    for subset in ("train", "validation", "test"):
-        path = run / "split" / f"{subset}.csv"
-        if path.exists():
-            with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-                for row in csv.DictReader(f):
-                    counts[row["class"]][subset] = counts[row["class"]].get(subset, 0) + 1
-    subsets = [s for s in ("train", "validation", "test") if any(s in c for c in counts.values())]
-    rows = [(name, *[counts[name].get(s, 0) for s in subsets]) for name in labels]
-    rows.append(("all", *[sum(counts[name].get(s, 0) for name in labels) for s in subsets]))
+    counts = {subset: np.bincount(folder.labels, minlength=len(labels)) for subset, folder in run.splits().items()}
+    rows = [(name, *[int(c[i]) for c in counts.values()]) for i, name in enumerate(labels)]
+    rows.append(("all", *[int(c.sum()) for c in counts.values()]))
+    subsets = list(counts)
     skipped = ""
-    if (run / "skipped.csv").exists():
-        with open(run / "skipped.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            left_out = list(csv.DictReader(f))
-        skipped = f"<p>{len(left_out)} files left out (could not be decoded):</p>" + _table(
-            ["file", "reason"], [(r["path"], r["reason"]) for r in left_out[:50]])
+    left_out = run.skipped()
+    if left_out:
+        skipped = f"<p>{len(left_out)} files left out (could not be decoded):</p>" + _table(["file", "reason"], list(left_out.items())[:50])
     return ("<h2>Data</h2>" + _table(["class", *subsets], rows) + skipped
             + _figure(run / "samples.png", "Training images") + _figure(run / "augmentation.png", "One image through the augmentation"))
 
 
 def _training_section(run: RunFolder) -> str:
     out = "<h2>Training</h2>"
-    if (run / "diagnosis.json").exists():
-        out += f"<p class=verdict>{_e(json.loads((run / 'diagnosis.json').read_text())['verdict'])}</p>"
+    if run.record("diagnosis"):
+        out += f"<p class=verdict>{_e(run.record('diagnosis')['verdict'])}</p>"
     history = run.history()
     if history:
         keys = [k for k in ("accuracy", "val_accuracy", "loss", "val_loss", "seconds") if k in history]
@@ -110,8 +103,7 @@ def _training_section(run: RunFolder) -> str:
     return out
 
 
-def _evaluation_section(folder: Path) -> str:
-    metrics = json.loads((folder / "metrics.json").read_text())
+def _evaluation_section(folder: Path, metrics: dict) -> str:
     rows = [(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"])
             for name, m in metrics["per_class"].items()]
     summary = (f"<p>{_e(Path(metrics['model']).name)} on {metrics['images']} images: accuracy <b>{metrics['accuracy']:.4f}</b>, "
