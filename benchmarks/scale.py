@@ -33,7 +33,7 @@ print(json.dumps({"predicted": result.predicted, "failed": result.failed, "wall_
                   "predict_seconds": result.seconds, "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
-# What `petal predict MODEL FILES...` does (petal.cli.cmd_predict), over a manifest too long for a command line.
+# What `petal predict MODEL FILES...` does (petal.cli.commands.cmd_predict), over a manifest too long for a command line.
 ONE_PROCESS_RUN = """
 import json, sys, time
 started = time.perf_counter()

@@ -102,7 +102,7 @@ def test_the_contact_sheet_shows_the_suspects(found, tmp_path):
 
 
 def test_move_to_quarantine_moves_flagged_files_and_the_manifest_undoes_it(found, messy, tmp_path):
-    from petal.training.label_issues import move_flagged, undo_move
+    from petal.data.quarantine import move_flagged, undo_move
 
     work = shutil.copytree(messy, tmp_path / "photos")
     manifest, moved = move_flagged(found.findings, work, tmp_path / "quarantine")
@@ -114,15 +114,15 @@ def test_move_to_quarantine_moves_flagged_files_and_the_manifest_undoes_it(found
 
 
 def test_a_quarantine_inside_the_data_folder_is_refused(found, messy):
+    from petal.data.quarantine import move_flagged
     from petal.errors import ConfigError
-    from petal.training.label_issues import move_flagged
 
     with pytest.raises(ConfigError, match="outside the data folder"):
         move_flagged(found.findings, messy, messy / "quarantine")
 
 
 def test_an_exclusion_list_leaves_its_files_out_and_every_other_file_keeps_its_side(messy, tmp_path):
-    from petal.training.label_issues import read_exclusion_list
+    from petal.data.quarantine import read_exclusion_list
 
     listed = tmp_path / "exclude.json"
     listed.write_text(json.dumps({"findings": [{"path": "blue/filed_wrong.png", "kind": "label-issue"},
@@ -179,7 +179,7 @@ def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path
 
 
 def test_train_exclude_leaves_the_listed_files_out_of_the_split_and_records_them_in_the_config(messy, tmp_path):
-    from petal.cli import build_parser
+    from petal.cli.parser import build_parser
     from petal.config import TrainConfig
     from petal.training.loop import make_split
 

@@ -12,6 +12,7 @@ from petal.cli.common import EXIT_ERROR, EXIT_PARTIAL, needs_extra, progress_bar
 from petal.cli.data_command import cmd_data
 from petal.config import ExportConfig, TrainConfig
 from petal.data.decode import DEFAULT_MAX_PIXELS
+from petal.data.quarantine import read_exclusion_list
 from petal.errors import PetalError
 from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
 from petal.runtime.native_log import native_log_silenced
@@ -172,7 +173,6 @@ def cmd_demo(args) -> int:
 def _train(args, data_dir):
     with needs_extra("petal train"):
         from petal.training import loop
-        from petal.training.label_issues import read_exclusion_list
     model = args.model or DEFAULT_MODEL
     get_model_entry(model)
     settings = {name: getattr(args, name, None) for name in SETTINGS}

@@ -11,6 +11,7 @@ from petal.cli.common import EXIT_PARTIAL, needs_extra, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
 from petal.data.folder import load_split
+from petal.data.quarantine import move_flagged, undo_move
 from petal.errors import PetalError
 
 
@@ -103,7 +104,7 @@ def _label_issues(args, split, report) -> dict:
     extra = {"report": label_issues.merge(report, found),
              "label_issues": {**found.summary(), "contact_sheet": str(written) if written else None}}
     if args.move_to:
-        manifest, moved = label_issues.move_flagged(extra["report"].findings, split.train.root, args.move_to, kinds)
+        manifest, moved = move_flagged(extra["report"].findings, split.train.root, args.move_to, kinds)
         extra["moved"] = {"files": moved, "to": str(args.move_to), "manifest": str(manifest), "undo": f"petal data --undo-move {manifest}"}
     return extra
 
@@ -123,8 +124,6 @@ def _print_label_issues(extra: dict) -> None:
 
 
 def _undo_move(manifest: Path) -> int:
-    with needs_extra("petal data --undo-move"):
-        from petal.training.label_issues import undo_move
     restored, problems = undo_move(manifest)
     print(f"Moved {restored} files back")
     for problem in problems:

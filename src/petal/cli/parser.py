@@ -151,7 +151,7 @@ def add_settings(parser: argparse.ArgumentParser, names: list[str], recipe_defau
         elif FIELD_TYPES[name] in (tuple[int, int], tuple[int, int] | None):
             options.update(type=int, nargs=2)
         elif name == "exclude":
-            options["default"] = None  # a file naming the paths: petal.training.label_issues.read_exclusion_list
+            options["default"] = None  # a file naming the paths: petal.data.quarantine.read_exclusion_list
         else:
             options["type"] = next(t for t in kind if t is not type(None))
         groups[meta["group"]].add_argument(flag, **options)

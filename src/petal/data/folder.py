@@ -81,7 +81,7 @@ def load_split(root: str | os.PathLike, val_split: float = 0.2, seed: int = 123,
     `follow_links`: follow symlinked sub-folders inside class folders, as Keras's `follow_links=True`
     (each real folder once); when False, as Keras's default, they are listed in a warning, not read.
     `exclude`: paths relative to `root` left out after the split is made, so every other file keeps its
-    side (`petal train --exclude`, petal.training.label_issues.read_exclusion_list); unknown paths are named in a warning.
+    side (`petal train --exclude`, petal.data.quarantine.read_exclusion_list); unknown paths are named in a warning.
 
     Raises:
         ConfigError: unknown `layout`, or `layout="split"` on a tree without train/ and val/.

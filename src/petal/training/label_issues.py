@@ -23,9 +23,9 @@ Uncertainty in Dataset Labels", JAIR 70, 2021), through the cleanlab library:
    the thresholds and their measured precision and recall are in docs/DATA-DOCTOR.md (benchmarks/label_issues.py).
 
 The findings join the data doctor's (petal.data.doctor) by path, with kinds `label-issue`, `outlier` and
-`near-duplicate-*`. Nothing here deletes a file: `move_flagged` moves flagged files to a quarantine
-folder with a manifest that `undo_move` (`petal data --undo-move MANIFEST`) reads to put them back, and
-`read_exclusion_list` reads a list that `petal train --exclude` leaves out of the split.
+`near-duplicate-*`. Nothing here deletes a file: flagged files can be moved to a quarantine
+folder (petal.data.quarantine) with a manifest that `petal data --undo-move MANIFEST` reads to put them
+back, and `petal train --exclude` leaves the flagged files out of the split.
 
 cleanlab and scikit-learn (the [train] extra) and Keras are imported only inside the functions that use them.
 """
@@ -33,10 +33,8 @@ cleanlab and scikit-learn (the [train] extra) and Keras are imported only inside
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +42,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from petal import atomic
 from petal.data.decode import DEFAULT_MAX_PIXELS
 from petal.data.doctor import KINDS, DoctorReport, Finding
 from petal.data.folder import ImageFolder, Split
-from petal.errors import ConfigError, DataError, PetalError
+from petal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +61,6 @@ HASH_CONFIRM_DISTANCE = 0.35  # ... when their embeddings agree this far: the th
 NEIGHBOURS = 10  # cleanlab's default k for outliers and near duplicates
 OUTLIER_IQR_SCALE = 1 / 0.37037 - 1  # cleanlab Datalab's default for features: Q3 + 1.7 IQR of the mean distance
 CONTACT_SHEET_LIMIT = 48
-
-# What `petal train --exclude` takes from a `petal data --json` report, and what --move-to moves by default.
-EXCLUDE_KINDS = ("label-issue", "outlier")
-MANIFEST_FORMAT = 1
 
 
 @dataclass
@@ -369,103 +362,3 @@ def save_contact_sheet(issues: LabelIssues, path: str | os.PathLike, *, limit: i
         titles.append(f"{rank}. {what}\n{name if len(name) <= 30 else name[:27] + '...'}  {f.score:.2f}")
     save_image_grid(pictures, titles, path, columns=columns)
     return Path(path)
-
-
-def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantine: str | os.PathLike,
-                 kinds: Sequence[str] = EXCLUDE_KINDS) -> tuple[Path, int]:
-    """Move (never delete) every file with a finding of `kinds` from `root` to `quarantine`, keeping its path
-    relative to `root` (so its class folder); returns (manifest path, files moved). The manifest, written
-    before the first move, is what `undo_move` reads.
-
-    Raises:
-        ConfigError: an unknown kind, or a quarantine folder inside `root` (it would be read as a class).
-        PetalError: a file of that name is already in the quarantine (nothing is overwritten or moved).
-    """
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:
-        raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown)}")
-    root, quarantine = Path(root).resolve(), Path(quarantine).resolve()
-    if quarantine == root or root in quarantine.parents:
-        raise ConfigError(f"{quarantine}: the quarantine folder must be outside the data folder {root} (inside it, it would be read as a class)")
-    kinds_of: dict[str, list[str]] = {}
-    for f in findings:
-        if f.kind in kinds:
-            kinds_of.setdefault(f.path, []).append(f.kind)
-    entries = [{"path": p, "kinds": sorted(set(k))} for p, k in sorted(kinds_of.items()) if (root / p).is_file()]
-    taken = [e["path"] for e in entries if (quarantine / e["path"]).exists()]
-    if taken:
-        raise PetalError(f"{quarantine}: already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; choose another folder")
-    manifest = quarantine / f"manifest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
-    atomic.write_json(manifest, {"format": MANIFEST_FORMAT, "root": str(root), "quarantine": str(quarantine),
-                                 "undo": f"petal data --undo-move {manifest}", "moved": entries})
-    for entry in entries:
-        target = quarantine / entry["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(root / entry["path"], target)
-    log.info("moved %d files to %s; undo: petal data --undo-move %s", len(entries), quarantine, manifest)
-    return manifest, len(entries)
-
-
-def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
-    """Move the files `move_flagged` recorded in `manifest` back where they were; returns (files restored,
-    problems). A file whose old place is taken again is left in the quarantine and named in the problems;
-    one already back (or never moved) is skipped.
-
-    Raises:
-        ConfigError: `manifest` is not a petal quarantine manifest.
-    """
-    try:
-        record = json.loads(Path(manifest).read_text())
-        root, quarantine, entries = Path(record["root"]), Path(record["quarantine"]), record["moved"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{manifest}: not a manifest written by petal data --move-to ({exc})") from None
-    restored, problems = 0, []
-    for entry in entries:
-        source, target = quarantine / entry["path"], root / entry["path"]
-        if not source.exists():
-            if not target.exists():
-                problems.append(f"{entry['path']}: in neither {quarantine} nor {root}")
-            continue
-        if target.exists():
-            problems.append(f"{entry['path']}: {target} exists again; left in {quarantine}")
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, target)
-        restored += 1
-    return restored, problems
-
-
-def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> tuple[str, ...]:
-    """The paths (relative to `root`, sorted) that `source` lists for `petal train --exclude`: a `petal data
-    --json` report (the paths of its EXCLUDE_KINDS findings), a JSON list of paths, or a text file with one
-    path per line (blank lines and lines starting with # ignored). Absolute paths inside `root` are made relative.
-
-    Raises:
-        ConfigError: the file cannot be read or is JSON of another shape.
-    """
-    try:
-        text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the exclusion list ({exc.strerror or exc})") from None
-    if text.lstrip()[:1] in ("{", "["):
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: not valid JSON ({exc})") from None
-        if isinstance(data, dict) and isinstance(data.get("findings"), list):
-            entries = [f["path"] for f in data["findings"] if isinstance(f, dict) and f.get("kind") in EXCLUDE_KINDS]
-        elif isinstance(data, list) and all(isinstance(p, str) for p in data):
-            entries = data
-        else:
-            raise ConfigError(f"{source}: expected the JSON of `petal data --json` or a JSON list of paths")
-    else:
-        entries = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    root = Path(root).resolve()
-    relative = []
-    for entry in entries:
-        path = Path(entry)
-        # an absolute path, or one relative to the working folder, inside `root`
-        if (path.is_absolute() or not (root / path).exists()) and root in path.resolve().parents:
-            entry = os.path.relpath(path.resolve(), root)
-        relative.append(entry)
-    return tuple(sorted(set(relative)))
