@@ -79,11 +79,11 @@ def test_the_gate_rejects_an_int8_model_calibrated_on_constant_images(trained_ru
 
 
 def test_export_exits_non_zero_when_a_variant_fails_the_gate_unless_told_not_to_gate(trained_run, capsys, monkeypatch):
-    from petal.training import export
+    from petal.training import parity
 
     command = ["export", str(trained_run), "--quantize", "float32"]
     assert main(command) == 0
-    monkeypatch.setattr(export, "gate_failure", lambda report, config: "failed on purpose")
+    monkeypatch.setattr(parity, "gate_failure", lambda report, config: "failed on purpose")
 
     assert main(command) == 1
     assert "float32 failed the parity gate" in capsys.readouterr().err

@@ -372,14 +372,14 @@ def _tied_logits(batch, training=False):
 
 def test_kind12_the_export_gate_counts_exactly_what_evaluate_and_predict_report(monkeypatch):
     from petal.config import ExportConfig
-    from petal.training import export
+    from petal.training import parity
 
     class Runner:
         input = {"dtype": np.float32}
         __call__ = staticmethod(_tied_logits)
 
-    monkeypatch.setattr(export, "_runner", lambda tflite, num_threads=None: Runner())
-    keras_accuracy, [report] = export.compare_with_keras(_tied_logits, {"int8": b""}, _TiedRows(), ExportConfig())
+    monkeypatch.setattr(parity, "litert_runner", lambda tflite, num_threads=None: Runner())
+    keras_accuracy, [report] = parity.compare_with_keras(_tied_logits, {"int8": b""}, _TiedRows(), ExportConfig())
 
     predictor = fake_predictor(classes=("a", "b", "c"))
     predictor._logits = _tied_logits

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,21 +25,25 @@ import tensorflow as tf
 import petal
 from petal import atomic
 from petal.config import ExportConfig
-from petal.data.cache import CachedRows
 from petal.data.decode import RESIZE_METHOD
 from petal.data.folder import ImageFolder, write_file_list
 from petal.errors import ExportError
 from petal.run_folder import RunFolder
 from petal.runtime.metadata import embed_metadata
 from petal.runtime.native_log import native_log_silenced
-from petal.runtime.predict import LiteRTRunner, rank_classes, softmax
 from petal.training.loop import decode_cache
+from petal.training.parity import (
+    Speed,
+    VariantReport,
+    compare_with_keras,
+    input_dtype,
+    measure_keras_speed,
+    measure_speed,
+    speed_batch,
+)
 from petal.training.report import build_report
 
 log = logging.getLogger(__name__)
-
-PARITY_BATCH = 32
-THROUGHPUT_BATCH = 32
 
 # What each variant's quantization is, as recorded in the file's metadata.
 QUANTIZATION = {
@@ -49,31 +52,6 @@ QUANTIZATION = {
     "dynamic": "dynamic-range: int8 weights, float activations",
     "int8": "full-integer: int8 weights and activations",
 }
-
-
-@dataclass
-class Speed:
-    """Median single-image latency and batch throughput, per interpreter thread count."""
-
-    latency_ms: dict[int, float] = field(default_factory=dict)
-    images_per_second: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass
-class VariantReport:
-    variant: str
-    images: int
-    accuracy: float
-    accuracy_drop: float  # Keras accuracy minus this variant's, in [0, 1]
-    top1_agreement: float
-    max_abs_logit_diff: float
-    max_abs_probability_diff: float
-    file_bytes: int
-    input_dtype: str
-    speed: Speed
-    passed: bool
-    failure: str | None = None  # why the gate stopped it
-    path: str | None = None  # export/model-VARIANT.tflite, or export/rejected/ when the gate stopped it
 
 
 @dataclass
@@ -139,7 +117,7 @@ def export_litert(
         converted = convert_variants(model, config, calibration_images)
     log.info("converted %s in %.1f s", ", ".join(converted), time.perf_counter() - started)
     files = {
-        variant: embed_metadata(tflite, model_metadata(run, variant, _input_dtype(tflite)))
+        variant: embed_metadata(tflite, model_metadata(run, variant, input_dtype(tflite)))
         for variant, tflite in converted.items()
     }
 
@@ -246,114 +224,6 @@ def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = 
             "max_pixels": config.max_pixels,
         },
     }
-
-
-def compare_with_keras(model, files: dict[str, bytes], images: CachedRows, config: ExportConfig) -> tuple[float, list[VariantReport]]:
-    """Run Keras and every variant on each batch of `images` once; compare logits, probabilities, top-1.
-    Returns Keras's accuracy and one report per variant."""
-    if len(images) == 0:
-        raise ExportError("the run's validation split has no usable images to check the export against")
-    runners = {variant: _runner(tflite) for variant, tflite in files.items()}
-    stats = {variant: {"agree": 0, "right": 0, "logit": 0.0, "prob": 0.0} for variant in files}
-    keras_right = 0
-    labels = images.labels
-    for start in range(0, len(images), PARITY_BATCH):
-        positions = np.arange(start, min(start + PARITY_BATCH, len(images)))
-        batch = images.gather(positions).astype(np.float32)
-        keras_logits = np.asarray(model(batch, training=False), dtype=np.float32)
-        # Ranked as `petal evaluate` ranks the written file (petal.runtime.predict.rank_classes): ties count alike.
-        keras_probs = softmax(keras_logits)
-        keras_top = rank_classes(keras_probs)[:, 0]
-        keras_right += int((keras_top == labels[positions]).sum())
-        for variant, runner in runners.items():
-            logits = runner(batch)
-            top = rank_classes(softmax(logits))[:, 0]
-            s = stats[variant]
-            s["agree"] += int((top == keras_top).sum())
-            s["right"] += int((top == labels[positions]).sum())
-            s["logit"] = max(s["logit"], float(np.abs(logits - keras_logits).max()))
-            s["prob"] = max(s["prob"], float(np.abs(softmax(logits) - keras_probs).max()))
-    n = len(images)
-    reports = []
-    for variant, s in stats.items():
-        report = VariantReport(
-            variant=variant,
-            images=n,
-            accuracy=s["right"] / n,
-            accuracy_drop=(keras_right - s["right"]) / n,
-            top1_agreement=s["agree"] / n,
-            max_abs_logit_diff=s["logit"],
-            max_abs_probability_diff=s["prob"],
-            file_bytes=len(files[variant]),
-            input_dtype=np.dtype(runners[variant].input["dtype"]).name,
-            speed=Speed(),
-            passed=True,
-        )
-        report.failure = gate_failure(report, config)
-        report.passed = report.failure is None
-        reports.append(report)
-    return keras_right / n, reports
-
-
-def gate_failure(report: VariantReport, config: ExportConfig) -> str | None:
-    """Why `report` fails the parity gate, or None: float variants must agree with Keras on almost
-    every image; quantized ones may lose at most `max_accuracy_drop` accuracy."""
-    if report.variant in ("float32", "float16"):
-        if report.top1_agreement < config.min_float_agreement:
-            return f"top-1 agreement with Keras {report.top1_agreement:.2%} < {config.min_float_agreement:.1%}"
-        if report.variant == "float32" and report.max_abs_logit_diff > config.max_float32_logit_diff:
-            return f"max |logit difference| {report.max_abs_logit_diff:.2e} > {config.max_float32_logit_diff:.0e}"
-        return None
-    if report.accuracy_drop > config.max_accuracy_drop:
-        return f"accuracy {100 * report.accuracy_drop:.2f} points below Keras (at most {100 * config.max_accuracy_drop:.2f} allowed)"
-    return None
-
-
-def speed_batch(images: CachedRows) -> np.ndarray:
-    """The images every speed measurement runs on: the first THROUGHPUT_BATCH, as float32."""
-    return images.gather(np.arange(min(THROUGHPUT_BATCH, len(images)))).astype(np.float32)
-
-
-def measure_speed(tflite: bytes, batch: np.ndarray, threads: tuple[int, ...]) -> Speed:
-    """Median latency of one image and throughput on `batch`, for each interpreter thread count."""
-    speed = Speed()
-    for count in threads:
-        speed.latency_ms[count], speed.images_per_second[count] = _time_calls(_runner(tflite, count), batch)
-    return speed
-
-
-def measure_keras_speed(model, batch: np.ndarray) -> Speed:
-    latency, throughput = _time_calls(lambda x: np.asarray(model(x, training=False)), batch)
-    return Speed(latency_ms={0: latency}, images_per_second={0: throughput})
-
-
-def _time_calls(call, batch: np.ndarray, budget_s: float = 1.0) -> tuple[float, float]:
-    """(median ms for one image, images per second on `batch`), each within about `budget_s`."""
-    single = batch[:1]
-    call(single), call(single)  # warm-up: allocation, delegate set-up
-    times = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
-        t = time.perf_counter()
-        call(single)
-        times.append(time.perf_counter() - t)
-    call(batch)
-    done, t = 0, time.perf_counter()
-    while done < 3 * len(batch) or time.perf_counter() - t < budget_s:
-        call(batch)
-        done += len(batch)
-    return 1000 * statistics.median(times), done / (time.perf_counter() - t)
-
-
-def _runner(tflite: bytes, num_threads: int | None = None) -> LiteRTRunner:
-    from ai_edge_litert.interpreter import Interpreter
-
-    with native_log_silenced():  # "Created TensorFlow Lite XNNPACK delegate"
-        return LiteRTRunner(Interpreter(model_content=tflite, num_threads=num_threads))
-
-
-def _input_dtype(tflite: bytes) -> str:
-    return np.dtype(_runner(tflite).input["dtype"]).name
 
 
 def _remove_stale(path: Path) -> None:
