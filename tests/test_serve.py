@@ -271,3 +271,55 @@ def test_a_person_picks_a_photo_and_sees_the_top_three(server, photo, tmp_path):
         assert page.locator(".bar").count() == 3
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         browser.close()
+
+
+def _boxes_overlap(a: dict, b: dict) -> bool:
+    return a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_page_holds_its_layout_from_a_small_phone_to_a_wide_desktop(server, photo):
+    """Geometry, not text: at each width every part is on screen, none covers another, every class is shown."""
+    from playwright.sync_api import sync_playwright
+
+    parts = ("h1", "#about", "#drop", "#preview", "#result")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        for width in (320, 390, 1280, 1920):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(server)
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#headline", timeout=30_000)
+            page.wait_for_function("document.getElementById('preview').complete")
+            boxes = {part: page.locator(part).bounding_box() for part in parts}
+            for part, box in boxes.items():
+                assert box and box["width"] > 0 and box["height"] > 0, f"{part} is not shown at {width} px"
+                assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, f"{part} leaves the screen at {width} px: {box}"
+            for i, a in enumerate(parts):
+                for b in parts[i + 1:]:
+                    assert not _boxes_overlap(boxes[a], boxes[b]), f"{a} and {b} overlap at {width} px"
+            about = boxes["#about"]
+            for chip in page.locator("#classes li").all():
+                box = chip.bounding_box()
+                assert box["x"] >= about["x"] - 0.5 and box["x"] + box["width"] <= about["x"] + about["width"] + 0.5
+                assert box["y"] + box["height"] <= about["y"] + about["height"] + 0.5
+            assert page.locator("#classes li").count() == 3 and page.locator("#drop").is_visible()
+            page.close()
+        browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_file_that_is_not_an_image_gets_its_error_and_no_broken_preview(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("a shopping list, not a photo")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(server)
+        page.set_input_files("#file", str(notes))
+        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
+        assert page.inner_text("#error").startswith("notes.jpg: not an image")
+        assert not page.locator("#preview").is_visible()
+        browser.close()

@@ -10,6 +10,7 @@
     .ray-train/          multi-worker training only, while it runs: Ray Train's records, the workers' scratch
     curves.png           training/validation accuracy and loss
     diagnosis.json       the overfitting diagnosis
+    calibration.json     temperature and "not sure" threshold fitted on the validation split (petal.runtime.calibration)
     samples.png          a 3x3 grid of training images; augmentation.png the augmentation preview
     model.keras          the trained classifier (written when training ends)
     checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
@@ -35,7 +36,7 @@ from petal.errors import ModelFileError, RunFolderError
 
 log = logging.getLogger(__name__)
 
-RECORDS = {"timings": "timings.json", "parallel": "parallel.json", "diagnosis": "diagnosis.json"}
+RECORDS = {"timings": "timings.json", "parallel": "parallel.json", "diagnosis": "diagnosis.json", "calibration": "calibration.json"}
 
 
 class RunFolder:
@@ -124,7 +125,7 @@ class RunFolder:
 
     def write_record(self, name: str, values: dict) -> None:
         """One of the JSON records: "timings" (wall seconds per stage), "parallel" (how the run was spread),
-        "diagnosis" (the overfitting verdict)."""
+        "diagnosis" (the overfitting verdict), "calibration" (temperature and "not sure" threshold)."""
         atomic.write_json(self.path / f"{RECORDS[name]}", values)
 
     def record(self, name: str) -> dict:

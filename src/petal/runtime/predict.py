@@ -1,6 +1,8 @@
 """Predict classes of images with a run folder (Keras) or a `.tflite` file (LiteRT, no TensorFlow).
 
-A `.tflite` written by `petal export` carries its labels and preprocessing, so it needs no other file.
+A `.tflite` written by `petal export` carries its labels, preprocessing and calibration, so it needs no
+other file. Probabilities are calibrated (softmax of logits over the fitted temperature) and a prediction
+below the calibrated threshold is marked not sure.
 Both backends feed the model through `petal.data.decode.decode_image`, the function training used.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from petal.data.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image, open_regular
 from petal.errors import ConfigError, ImageError, ModelFileError, RunFolderError
+from petal.runtime.calibration import Calibration
 from petal.runtime.metadata import check_metadata, read_metadata
 
 
@@ -26,10 +29,14 @@ class Prediction:
     top: list[tuple[str, float]]  # (class, probability), most likely first; ties in label order (`rank_classes`)
     probabilities: np.ndarray
     tied: tuple[str, ...] = ()  # every class whose probability equals `confidence`, `label` first (int8 outputs tie often)
+    sure: bool = True  # confidence reaches the model's calibrated threshold (petal.runtime.calibration)
 
     def sentence(self) -> str:
         """The tutorial's sentence: 'This image most likely belongs to X with a 98.02 percent confidence.'
-        A tie says so: 'X is a tie between daisy and tulips (27.09 percent each); reported as daisy, the first in label order.'"""
+        A tie says so: 'X is a tie between daisy and tulips (27.09 percent each); reported as daisy, the first in label order.'
+        Below the model's threshold: 'X: not sure: roses 43.10%, tulips 31.02%'."""
+        if not self.sure:
+            return f"{self.source}: not sure: " + ", ".join(f"{name} {100 * p:.2f}%" for name, p in self.top[:2])
         if len(self.tied) > 1:
             names = ", ".join(self.tied[:-1]) + f" and {self.tied[-1]}"
             return (f"{self.source} is a tie between {names} ({100 * self.confidence:.2f} percent each); "
@@ -53,8 +60,10 @@ class PredictionError:
 class Predictor:
     """`Predictor.load(path)` for a run folder or a `.tflite`; then `predict(images)`."""
 
-    def __init__(self, logits_fn, class_names, image_size, max_pixels=DEFAULT_MAX_PIXELS, description=""):
+    def __init__(self, logits_fn, class_names, image_size, max_pixels=DEFAULT_MAX_PIXELS, description="",
+                 calibration: Calibration | None = None):
         self._logits = logits_fn
+        self.calibration = calibration or Calibration()
         self.class_names = tuple(class_names)
         self.image_size = tuple(image_size)
         self.max_pixels = max_pixels
@@ -97,7 +106,8 @@ class Predictor:
             runner = LiteRTRunner(interpreter)
         except Exception as exc:
             raise ModelFileError(f"{path}: LiteRT cannot prepare this model ({type(exc).__name__}: {_first_line(exc)})") from None
-        return cls(runner, info.labels, info.image_size, info.max_pixels, f"LiteRT {path.name}")
+        return cls(runner, info.labels, info.image_size, info.max_pixels, f"LiteRT {path.name}",
+                   Calibration.from_dict(meta.get("calibration"), str(path)))
 
     @classmethod
     def _from_run_folder(cls, path: Path) -> "Predictor":
@@ -106,9 +116,9 @@ class Predictor:
         run = RunFolder(path)
         config = run.config()
         model = run.load_model()
-        return cls(
-            lambda batch: np.asarray(model(batch, training=False)), run.class_names(), config.image_size, config.max_pixels, f"Keras {path}"
-        )
+        calibration = Calibration.from_dict(run.record("calibration") or None, str(run / "calibration.json"))
+        return cls(lambda batch: np.asarray(model(batch, training=False)), run.class_names(), config.image_size, config.max_pixels,
+                   f"Keras {path}", calibration)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch of decoded uint8 images (N, H, W, 3)."""
@@ -136,12 +146,12 @@ class Predictor:
     def _flush(self, pending, top_k) -> Iterator[Prediction]:
         if not pending:
             return
-        probabilities = softmax(self.logits(np.stack([image for _, image in pending])))
+        probabilities = self.calibration.probabilities(self.logits(np.stack([image for _, image in pending])))
         for (name, _), probs in zip(pending, probabilities):
             order = rank_classes(probs)
             top = [(self.class_names[i], float(probs[i])) for i in order[:top_k]]
             tied = tuple(self.class_names[i] for i in order if probs[i] == probs[order[0]])
-            yield Prediction(name, top[0][0], top[0][1], top, probs, tied)
+            yield Prediction(name, top[0][0], top[0][1], top, probs, tied, self.calibration.is_sure(top[0][1]))
 
 
 class LiteRTRunner:

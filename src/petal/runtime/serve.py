@@ -75,7 +75,7 @@ def create_app(
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE.replace("{{title}}", html.escape(predictor.description))
-                            .replace("{{labels}}", html.escape(", ".join(predictor.class_names)))
+                            .replace("{{labels}}", "".join(f"<li>{html.escape(name)}</li>" for name in predictor.class_names))
                             .replace("{{limit}}", limit_text))
 
     async def predict(request: Request) -> JSONResponse:
@@ -118,6 +118,8 @@ def create_app(
             "confidence": result.confidence,
             "top": [{"label": name, "probability": p} for name, p in result.top],
             "tied": list(result.tied),
+            "sure": result.sure,
+            "threshold": predictor.calibration.threshold,
             "model": predictor.description,
         })
 
@@ -180,9 +182,11 @@ def openapi_schema(class_names, max_upload_bytes: int) -> dict:
             },
         }}},
         "components": {"schemas": {
-            "Prediction": {"type": "object", "required": ["label", "confidence", "top", "tied", "model"], "properties": {
+            "Prediction": {"type": "object", "required": ["label", "confidence", "top", "tied", "sure", "threshold", "model"], "properties": {
                 "label": {"type": "string", "enum": list(class_names)},
-                "confidence": {"type": "number", "description": "probability of label, 0..1"},
+                "confidence": {"type": "number", "description": "calibrated probability of label, 0..1"},
+                "sure": {"type": "boolean", "description": "confidence reaches the model's calibrated threshold; false: show it as not sure"},
+                "threshold": {"type": "number", "description": "the calibrated confidence below which the model is not sure"},
                 "top": {"type": "array", "description": "most likely first; ties in label order", "items": {
                     "type": "object", "properties": {"label": {"type": "string"}, "probability": {"type": "number"}}}},
                 "tied": {"type": "array", "items": {"type": "string"},
@@ -197,18 +201,23 @@ def openapi_schema(class_names, max_upload_bytes: int) -> dict:
 PAGE = """<!doctype html><html lang=en><head><meta charset=utf-8>
 <meta name=viewport content="width=device-width, initial-scale=1"><title>petal</title>
 <style>
+*{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#fafafa;color:#222}
-main{max-width:640px;margin:0 auto;padding:1rem}
-#drop{border:2px dashed #999;border-radius:8px;padding:2rem 1rem;text-align:center;background:#fff;cursor:pointer}
+main{max-width:640px;margin:0 auto;padding:1rem;display:flex;flex-direction:column;gap:1rem}
+h1{margin:0}p{margin:0;overflow-wrap:anywhere}
+#classes{list-style:none;margin:.4rem 0 0;padding:0;display:flex;flex-wrap:wrap;gap:.3rem}
+#classes li{background:#e8efe9;border-radius:1rem;padding:.1rem .6rem;overflow-wrap:anywhere;max-width:100%}
+#drop{display:block;width:100%;border:2px dashed #999;border-radius:8px;padding:2rem 1rem;text-align:center;background:#fff;cursor:pointer}
 #drop.over{border-color:#2a7;background:#efe}
-#preview{max-width:100%;max-height:320px;display:none;margin:1rem auto}
-.row{margin:.4rem 0}.bar{height:1.1rem;background:#2a7;border-radius:3px}
-.name{display:flex;justify-content:space-between}#error{color:#b00020}
+#preview{display:none;max-width:100%;max-height:320px;margin:0 auto;object-fit:contain}
+.row{margin:.4rem 0}.bar{height:1.1rem;background:#2a7;border-radius:3px}.unsure .bar{background:#c90}
+.name{display:flex;justify-content:space-between;gap:1rem;overflow-wrap:anywhere}#error{color:#b00020}
+#error:empty,#result:empty{display:none}
 </style></head><body><main>
 <h1>petal</h1>
-<p>{{title}}<br>Classes: {{labels}}</p>
-<label id=drop>Drop a photo here, or tap to pick one (up to {{limit}})
-<input id=file type=file accept="image/*" hidden></label>
+<section id=about><p>{{title}}</p><p>Classes:</p><ul id=classes>{{labels}}</ul></section>
+<label id=drop for=file>Drop a photo here, or tap to pick one (up to {{limit}})</label>
+<input id=file type=file accept="image/*" hidden>
 <img id=preview alt="your photo">
 <div id=error role=alert></div>
 <div id=result aria-live=polite></div>
@@ -222,16 +231,20 @@ drop.addEventListener('drop', e => { e.preventDefault(); drop.classList.remove('
 input.addEventListener('change', () => send(input.files[0]));
 async function send(file) {
   if (!file) return;
-  error.textContent = ''; result.textContent = 'Classifying...';
+  error.textContent = ''; result.textContent = 'Classifying...'; result.className = '';
+  preview.onerror = () => { preview.style.display = 'none'; };  // not an image the browser can show
   preview.src = URL.createObjectURL(file); preview.style.display = 'block';
   const body = new FormData(); body.append('image', file);
   try {
     const response = await fetch('predict', {method: 'POST', body});
     const answer = await response.json();
-    if (!response.ok) { result.textContent = ''; error.textContent = answer.error; return; }
+    if (!response.ok) { result.textContent = ''; preview.style.display = 'none'; error.textContent = answer.error; return; }
     result.innerHTML = '';
     const headline = document.createElement('p'); headline.id = 'headline';
-    headline.textContent = answer.tied.length > 1
+    const top2 = answer.top.slice(0, 2).map(t => `${t.label} ${(100 * t.probability).toFixed(0)}%`).join(', ');
+    result.className = answer.sure ? '' : 'unsure';
+    headline.textContent = !answer.sure ? `Not sure: ${top2}.`
+      : answer.tied.length > 1
       ? `A tie between ${answer.tied.join(', ')} at ${(100 * answer.confidence).toFixed(2)} percent each; reported as ${answer.label}.`
       : `Most likely ${answer.label}, ${(100 * answer.confidence).toFixed(2)} percent confidence.`;
     result.appendChild(headline);
@@ -243,7 +256,7 @@ async function send(file) {
       const bar = document.createElement('div'); bar.className = 'bar'; bar.style.width = (100 * t.probability) + '%';
       row.append(name, bar); result.appendChild(row);
     }
-  } catch (e) { result.textContent = ''; error.textContent = 'The server did not answer: ' + e; }
+  } catch (e) { result.textContent = ''; preview.style.display = 'none'; error.textContent = 'The server did not answer: ' + e; }
 }
 </script></main></body></html>
 """

@@ -35,7 +35,7 @@ MAX_BLOCKS = 10_000  # Ray Data blocks of part numbers: one part each, up to thi
 # is a Parquet dataset: pyarrow.parquet.read_table(OUT) and pandas.read_parquet(OUT) read every part.
 RECORD = "_batch.json"
 MANIFEST = "_manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the "sure" column (calibrated "not sure")
 
 
 @dataclass
@@ -198,16 +198,17 @@ class PartPredictor:
 
         # As written (petal.atomic.write_text): exact bytes of non-UTF-8 names; "\n" only, names may hold \r or \u2028.
         paths = [p for p in self.folder.manifest_part(part).read_bytes().decode("utf-8", "surrogateescape").split("\n") if p]
-        rows = {"path": [], "label": [], "confidence": [], "top_labels": [], "top_probabilities": [], "error": []}
+        rows = {"path": [], "label": [], "confidence": [], "sure": [], "top_labels": [], "top_probabilities": [], "error": []}
         for result in self.predictor.predict(paths, top_k=self.top_k, batch_size=self.batch_size):
             rows["path"].append(result.source)
             if isinstance(result, PredictionError):
-                for column, empty in (("label", None), ("confidence", None), ("top_labels", []), ("top_probabilities", []),
+                for column, empty in (("label", None), ("confidence", None), ("sure", None), ("top_labels", []), ("top_probabilities", []),
                                       ("error", result.reason)):
                     rows[column].append(empty)
             else:
                 rows["label"].append(result.label)
                 rows["confidence"].append(result.confidence)
+                rows["sure"].append(result.sure)
                 rows["top_labels"].append([name for name, _ in result.top])
                 rows["top_probabilities"].append([p for _, p in result.top])
                 rows["error"].append(None)
@@ -222,7 +223,7 @@ def output_schema():
     import pyarrow as pa
 
     return pa.schema([
-        ("path", pa.string()), ("label", pa.string()), ("confidence", pa.float32()),
+        ("path", pa.string()), ("label", pa.string()), ("confidence", pa.float32()), ("sure", pa.bool_()),
         ("top_labels", pa.list_(pa.string())), ("top_probabilities", pa.list_(pa.float32())), ("error", pa.string()),
     ])
 

@@ -54,6 +54,9 @@ class Evaluation:
     reliability: list[dict[str, float]]  # per confidence bin: lower, upper, count, confidence, accuracy
     mistakes: list[Mistake] = field(default_factory=list)  # most confident first
     training_photos: int = 0  # files of `data` with the contents of a training photo of the model's run
+    sure_threshold: float = 0.0  # the model's calibrated "not sure" threshold (petal.runtime.calibration)
+    coverage: float = 1.0  # share of the images predicted at or above it
+    accuracy_when_sure: float | None = None  # accuracy on those images
 
     def table(self) -> str:
         width = max(len(name) for name in self.class_names + ["class"])
@@ -64,6 +67,10 @@ class Evaluation:
         lines.append(f"accuracy {self.accuracy:.4f}, top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, "
                      f"expected calibration error {self.expected_calibration_error:.4f}, on {self.images} images"
                      + (f" ({len(self.failed)} could not be read)" if self.failed else ""))
+        if self.sure_threshold > 0:
+            sure = "none" if self.accuracy_when_sure is None else f"{self.accuracy_when_sure:.4f}"
+            lines.append(f"sure (calibrated confidence >= {self.sure_threshold:.3f}) on {self.coverage:.1%} of the images, "
+                         f"accuracy there {sure}; the rest are reported as not sure")
         return "\n".join(lines)
 
 
@@ -96,6 +103,7 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
     bins = np.zeros((CALIBRATION_BINS, 3))  # count, sum of confidence, sum of correct
     worst: list[tuple[float, int, Mistake]] = []  # a min-heap of the most confident mistakes
     failed: dict[str, str] = {}
+    sure = sure_and_right = 0
     sources = (folder.absolute(p) for p in folder.paths)
     for index, result in enumerate(predictor.predict(sources, top_k=min(top_k, k), batch_size=batch_size)):
         if isinstance(result, PredictionError):
@@ -103,6 +111,8 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
             continue
         true, predicted = int(folder.labels[index]), names.index(result.label)
         confusion[true, predicted] += 1
+        sure += result.sure
+        sure_and_right += result.sure and true == predicted
         in_top_k += names[true] in [name for name, _ in result.top]
         b = min(int(result.confidence * CALIBRATION_BINS), CALIBRATION_BINS - 1)
         bins[b] += (1, result.confidence, true == predicted)
@@ -110,6 +120,9 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
             item = (result.confidence, index, Mistake(folder.paths[index], names[true], result.label, result.confidence))
             (heapq.heappush if len(worst) < mistakes else heapq.heappushpop)(worst, item)
     evaluation = _summarise(str(model_path), str(folder.root), names, confusion, in_top_k, top_k, bins, worst, failed)
+    evaluation.sure_threshold = predictor.calibration.threshold
+    evaluation.coverage = sure / evaluation.images
+    evaluation.accuracy_when_sure = sure_and_right / sure if sure else None
     if data_dir is not None:
         evaluation.training_photos = training_overlap(model_path, folder)
         if evaluation.training_photos:

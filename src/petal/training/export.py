@@ -203,7 +203,7 @@ def _calibration_set(run: RunFolder, cache, config: ExportConfig, progress) -> n
 
 
 def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = "float32") -> dict:
-    """What a `.tflite` must carry to be used alone: labels and the exact preprocessing."""
+    """What a `.tflite` must carry to be used alone: labels, the exact preprocessing and the calibration."""
     config = run.config()
     return {
         "petal_version": petal.__version__,
@@ -212,6 +212,7 @@ def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = 
         "labels": list(run.class_names()),
         "output": "logits",
         "test_time_flip": config.test_time_flip,  # the file already averages over mirror images: do not again
+        "calibration": run.record("calibration") or None,  # temperature and "not sure" threshold (petal.runtime.calibration)
         "preprocessing": {
             "image_size": list(config.image_size),
             "resize": RESIZE_METHOD,

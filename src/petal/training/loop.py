@@ -26,6 +26,7 @@ from petal.data.folder import Split, load_split
 from petal.errors import ConfigError, RunFolderError
 from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
+from petal.runtime.calibration import calibrate
 from petal.training.augment import build_augmentation
 from petal.training.diagnosis import diagnose
 from petal.training.embeddings import EmbeddingCache
@@ -205,9 +206,13 @@ def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replic
 
 def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: dict,
            skipped: dict[str, str]) -> TrainResult:
-    """What every way of training ends with: model.keras (float32, uncompiled), timings, curves, diagnosis, report."""
+    """What every way of training ends with: model.keras (float32, uncompiled), its calibration on the
+    validation split (petal.runtime.calibration), timings, curves, diagnosis, report."""
+    saved = _inference_copy(model, config, num_classes)
     with atomic.atomic_path(run.model_path) as tmp:
-        _inference_copy(model, config, num_classes).save(tmp)
+        saved.save(tmp)
+    validation = decode_cache(config).load(run.split("validation"))
+    run.write_record("calibration", calibrate(predict_logits(saved, validation, config.batch_size), validation.labels).to_dict())
     run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")
@@ -238,6 +243,13 @@ def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder"
         shuffle=False,  # the dataset shuffles, by (seed, epoch)
         verbose=verbose,
     )
+
+
+def predict_logits(model: keras.Model, images: CachedRows, batch_size: int) -> np.ndarray:
+    """(N, classes) float32 logits of every row of `images`, in order, in inference mode."""
+    batches = [np.asarray(model(images.gather(np.arange(start, min(start + batch_size, len(images)))).astype("float32"), training=False),
+                          dtype=np.float32) for start in range(0, len(images), batch_size)]
+    return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def validate(model: keras.Model, images: CachedRows, batch_size: int, num_classes: int) -> dict[str, float]:

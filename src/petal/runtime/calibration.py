@@ -1,0 +1,125 @@
+"""Calibrated confidence and "not sure": a temperature and a confidence threshold, both fitted on the
+validation split when training ends, stored in the run folder (calibration.json) and in every `.tflite`.
+
+Temperature scaling (Guo, Pleiss, Sun and Weinberger, "On Calibration of Modern Neural Networks", ICML
+2017): probabilities are softmax(logits / T), with the one T > 0 that minimises the negative log-likelihood
+of the validation labels. It never changes the predicted class, only how sure the model says it is
+(label smoothing, used by petal's recipes, makes models under-confident: T < 1 then).
+
+The threshold rule: the lowest calibrated confidence t such that the validation images predicted with
+confidence >= t are right at least TARGET_PRECISION of the time. A prediction below t is reported as
+"not sure" with its top classes. On a model that is that precise everywhere, t is its lowest confidence;
+on one that never is, t is 1 (every prediction "not sure"). No TensorFlow: the light runtime applies it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from petal.errors import ModelFileError
+
+TARGET_PRECISION = 0.95
+_LOG_T_RANGE = (-4.0, 4.0)  # T in [0.018, 55]: far beyond any fitted value
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """`temperature` divides the logits; a calibrated confidence below `threshold` is "not sure".
+    The rest describes the fit on the validation split: its images, the share at or above the
+    threshold (`coverage`) and their accuracy (`accuracy_when_sure`)."""
+
+    temperature: float = 1.0
+    threshold: float = 0.0
+    target_precision: float = TARGET_PRECISION
+    images: int = 0
+    coverage: float = 1.0
+    accuracy_when_sure: float | None = None
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """(N, classes) float logits -> calibrated (N, classes) float32 probabilities."""
+        scaled = np.asarray(logits, dtype=np.float64) / self.temperature
+        scaled -= scaled.max(axis=-1, keepdims=True)
+        exp = np.exp(scaled)
+        return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+    def is_sure(self, confidence: float) -> bool:
+        return confidence >= self.threshold
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None, name: str = "calibration") -> "Calibration":
+        """None (a model exported before calibration existed): temperature 1, always sure.
+
+        Raises:
+            ModelFileError: a temperature that is not a positive finite number or a threshold outside 0..1.
+        """
+        if values is None:
+            return cls()
+        try:
+            calibration = cls(**{k: values[k] for k in asdict(cls()) if k in values})
+            temperature, threshold = float(calibration.temperature), float(calibration.threshold)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{name}: the calibration is not readable ({exc})") from None
+        if not (math.isfinite(temperature) and temperature > 0 and 0.0 <= threshold <= 1.0):
+            raise ModelFileError(f"{name}: calibration needs a positive temperature and a threshold in 0..1. "
+                                 f"Received: temperature={calibration.temperature!r}, threshold={calibration.threshold!r}")
+        return calibration
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the mean negative log-likelihood of softmax(logits / T) at `labels`
+    ((N, classes) float, (N,) int): a golden-section search on log T, which the NLL is convex in."""
+    logits = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        scaled = logits / math.exp(log_t)
+        shifted = scaled - scaled.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[rows, labels]))
+
+    low, high = _LOG_T_RANGE
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):  # the interval shrinks by 0.618 each step: 8 * 0.618**60 < 1e-11
+        if fa < fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = nll(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = nll(b)
+    return math.exp((low + high) / 2)
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float = TARGET_PRECISION) -> float:
+    """The lowest confidence t at which images with confidence >= t are right at least `target` of the
+    time ((N,) float, (N,) bool); 1.0 when no t is."""
+    order = np.argsort(-confidence, kind="stable")
+    sorted_confidence = confidence[order]
+    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    # a threshold keeps every image tied with it: only the last position of each run of equal confidences counts
+    last_of_value = np.append(sorted_confidence[1:] != sorted_confidence[:-1], True)
+    meets = np.flatnonzero((precision >= target) & last_of_value)
+    return float(sorted_confidence[meets[-1]]) if len(meets) else 1.0
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, target: float = TARGET_PRECISION) -> Calibration:
+    """Temperature and threshold from validation logits (N, classes) and labels (N,)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    temperature = fit_temperature(logits, labels)
+    probabilities = Calibration(temperature).probabilities(logits)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    threshold = choose_threshold(confidence, correct, target)
+    sure = confidence >= threshold
+    return Calibration(
+        temperature=round(temperature, 6), threshold=round(threshold, 6), target_precision=target, images=len(labels),
+        coverage=float(sure.mean()), accuracy_when_sure=float(correct[sure].mean()) if sure.any() else None,
+    )
