@@ -29,15 +29,34 @@ def finished_run(tmp_path_factory):
 
 def test_training_writes_a_report_and_it_shows_every_part_of_the_run(finished_run):
     page = (finished_run / "report.html").read_text()
-    for heading in ("Data", "Training", "Evaluation: keras", "Export (LiteRT", "Configuration"):
-        assert f"<h2>{heading}" in page
-    assert page.count("<img src='data:image/png;base64,") == _figures(finished_run)
+    headings = ["Result", "Export (LiteRT", "Data", "Training", "Evaluation: keras", "Configuration"]
+    positions = [page.index(f"<h2>{heading}") for heading in headings]
+    assert positions == sorted(positions)  # the answer first, the export table next, the detail after
+    assert page.count("<img src='data:image/png;base64,") + page.count("<img src='data:image/jpeg;base64,") == _figures(finished_run)
+    assert page.count("data:image/jpeg") == 2 + (finished_run / "evaluation" / "keras" / "mistakes.jpg").exists()  # photo grids
     assert "http://" not in page and "https://" not in page
+
+
+def test_the_report_opens_with_the_answer_and_how_it_was_made(finished_run):
+    page = (finished_run / "report.html").read_text()
+    result = page[page.index("<h2>Result"):page.index("<h2>Export")]
+    assert "validation accuracy <b>" in result and "95% interval" in result and "Next: <code>petal serve" in result
+    for made_with in ("finished 2", "took ", "TensorFlow 2.", "Keras 3.", "Python 3."):
+        assert made_with in page[:page.index("<h2>Result")]
+    assert "Contents" in page and "href='#evaluation-1'" in page
+    assert f"on <code>{finished_run.parent / 'photos'}</code>" in page  # each evaluation names its data
+
+
+def test_the_wilson_interval_is_the_published_one():
+    from petal.training.report import wilson_interval
+
+    low, high = wilson_interval(81, 100)  # Wilson (1927); Newcombe (1998), table I: 0.7222-0.8749 for 81/100
+    assert (round(low, 4), round(high, 4)) == (0.7222, 0.8749)
 
 
 def _figures(run: Path) -> int:
     """samples, augmentation, curves, confusion, reliability, and the mistakes gallery if there were mistakes."""
-    return 5 + (run / "evaluation" / "keras" / "mistakes.png").exists()
+    return 5 + (run / "evaluation" / "keras" / "mistakes.jpg").exists()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
@@ -54,6 +73,12 @@ def test_the_report_loads_every_image_and_nothing_from_the_network_in_headless_c
             page.wait_for_load_state("load")
             sizes = page.eval_on_selector_all("img", "images => images.map(i => [i.complete, i.naturalWidth])")
             assert len(sizes) == _figures(finished_run) and all(complete and width > 0 for complete, width in sizes)
+            # readable: nothing wider than the screen (tables scroll inside their own box), the answer on the first screen
+            assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            for image in page.locator("img").all():
+                box = image.bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"] + 0.5
+            assert page.locator("#result").bounding_box()["y"] < viewport["height"]
             page.screenshot(path=str(tmp_path / f"report-{name}.png"), full_page=True)
         browser.close()
     assert outside == []

@@ -11,7 +11,9 @@
     curves.png           training/validation accuracy and loss
     diagnosis.json       the overfitting diagnosis
     calibration.json     temperature and "not sure" threshold fitted on the validation split (petal.runtime.calibration)
-    samples.png          a 3x3 grid of training images; augmentation.png the augmentation preview
+    validation.json      the saved model's accuracy and confusion matrix on the validation split
+    environment.json     when the run finished, petal/TensorFlow/Keras/Python versions, the machine
+    samples.jpg          a 3x3 grid of training images; augmentation.jpg the augmentation preview
     model.keras          the trained classifier (written when training ends)
     checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
     export/              model-VARIANT.tflite, report.json/.md, calibration.csv, written by `petal export`
@@ -36,7 +38,7 @@ from petal.errors import ModelFileError, RunFolderError
 
 log = logging.getLogger(__name__)
 
-RECORDS = {"timings": "timings.json", "parallel": "parallel.json", "diagnosis": "diagnosis.json", "calibration": "calibration.json"}
+RECORDS = {name: f"{name}.json" for name in ("timings", "parallel", "diagnosis", "calibration", "validation", "environment")}
 
 
 class RunFolder:
@@ -125,7 +127,8 @@ class RunFolder:
 
     def write_record(self, name: str, values: dict) -> None:
         """One of the JSON records: "timings" (wall seconds per stage), "parallel" (how the run was spread),
-        "diagnosis" (the overfitting verdict), "calibration" (temperature and "not sure" threshold)."""
+        "diagnosis" (the overfitting verdict), "calibration" (temperature and "not sure" threshold),
+        "validation" (the saved model's accuracy and confusion matrix), "environment" (versions, machine, time)."""
         atomic.write_json(self.path / f"{RECORDS[name]}", values)
 
     def record(self, name: str) -> dict:

@@ -35,7 +35,7 @@ def cmd_data(args) -> int:
     _print_data_report(report, split, seconds, doctor, args)
     if args.label_issues:
         _print_label_issues(extra)
-    grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.png")
+    grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.jpg")
     _save_sample_grid(split.train, set(report.unusable), grid_path)
     print(f"Sample grid: {grid_path}")
     return 0

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = subcommands.add_parser("data", help="summarise a folder of class sub-folders and save a sample grid")
     data.add_argument("data_dir", metavar="DIR", nargs="?")
     add_settings(data, [*SPLIT_SETTINGS, "max_pixels"])
-    data.add_argument("--grid", type=Path, help="where to save the 3x3 sample grid (default: DIR-NAME-samples.png here)")
+    data.add_argument("--grid", type=Path, help="where to save the 3x3 sample grid (default: DIR-NAME-samples.jpg here)")
     data.add_argument("--json", action="store_true", help="print the full report as JSON (no grid)")
     data.add_argument("--all", action="store_true", help="list every file of every finding, not the first five")
     issues = data.add_argument_group("label issues, near copies and outliers (docs/DATA-DOCTOR.md; needs petal-vision[train])")

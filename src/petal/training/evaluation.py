@@ -157,7 +157,7 @@ def _summarise(model, data, names, confusion, in_top_k, top_k, bins, worst, fail
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike, data_root: str | os.PathLike) -> list[Path]:
-    """metrics.json and mistakes.csv always; confusion.png, reliability.png and mistakes.png when
+    """metrics.json and mistakes.csv always; confusion.png, reliability.png and mistakes.jpg when
     matplotlib is installed (the [train] extra); the run's report.html when `out_dir` is
     RUN/evaluation/NAME. Returns the files written."""
     out = Path(out_dir)
@@ -186,8 +186,8 @@ def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
 
         images = [decode_image(os.path.join(data_root, m.path), (160, 160)) for m in evaluation.mistakes]
         titles = [f"{m.true} → {m.predicted} {100 * m.confidence:.0f}%\n{Path(m.path).name[:28]}" for m in evaluation.mistakes]
-        plots.save_image_grid(images, titles, out / "mistakes.png", columns=4)
-    return written + [out / "confusion.png", out / "reliability.png"] + ([out / "mistakes.png"] if evaluation.mistakes else [])
+        plots.save_image_grid(images, titles, out / "mistakes.jpg", columns=4)
+    return written + [out / "confusion.png", out / "reliability.png"] + ([out / "mistakes.jpg"] if evaluation.mistakes else [])
 
 
 def default_output(model_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import petal
 from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import CachedRows, DecodeCache, default_cache_root
@@ -34,7 +35,7 @@ from petal.training.models.backbones import unfreeze_top_blocks
 from petal.training.models.flip_average import with_test_time_flip
 from petal.training.pipeline import make_dataset
 from petal.training.plots import save_curves, save_image_grid
-from petal.training.precision import resolve_precision
+from petal.training.precision import device, resolve_precision
 from petal.training.report import build_report
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,11 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
     with atomic.atomic_path(run.model_path) as tmp:
         saved.save(tmp)
     validation = decode_cache(config).load(run.split("validation"))
-    run.write_record("calibration", calibrate(predict_logits(saved, validation, config.batch_size), validation.labels).to_dict())
+    logits = predict_logits(saved, validation, config.batch_size)
+    run.write_record("calibration", calibrate(logits, validation.labels).to_dict())
+    run.write_record("validation", {"images": len(validation), "accuracy": float(np.mean(logits.argmax(1) == validation.labels)),
+                                    "confusion": confusion_matrix(validation.labels, logits.argmax(1), num_classes).tolist()})
+    run.write_record("environment", environment())
     run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")
@@ -352,6 +357,20 @@ def _class_weight(config: TrainConfig, data: PreparedData) -> dict[int, float] |
     return class_weights(data.train.labels, len(data.split.train.class_names))
 
 
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(classes, classes) int64 counts: rows the true class, columns the predicted one."""
+    return np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def environment() -> dict:
+    """What the report's header says about how the run was made."""
+    import platform
+
+    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "petal": petal.__version__, "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "device": device()}
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     """Inverse-frequency weights, 1.0 on average over the images: n / (classes * count)."""
     counts = np.bincount(labels, minlength=num_classes)
@@ -429,12 +448,12 @@ class RunRecorder(keras.callbacks.Callback):
 
 
 def _write_previews(run: RunFolder, images: CachedRows, class_names, augment) -> None:
-    """samples.png: nine training images; augmentation.png: the first one through the augmentation nine times."""
+    """samples.jpg: nine training images; augmentation.jpg: the first one through the augmentation nine times."""
     count = min(9, len(images))
     batch = images.gather(np.arange(count))
-    save_image_grid(batch, [class_names[label] for label in images.labels[:count]], run / "samples.png")
+    save_image_grid(batch, [class_names[label] for label in images.labels[:count]], run / "samples.jpg")
     if augment is not None:
         first = np.repeat(batch[:1].astype("float32"), 9, axis=0)
         one_hot = np.eye(len(class_names), dtype="float32")[np.repeat(images.labels[:1], 9)]
         augmented, _ = augment(tf.constant(first), tf.constant(one_hot))
-        save_image_grid(np.clip(np.asarray(augmented), 0, 255), [f"augmented {i + 1}" for i in range(9)], run / "augmentation.png")
+        save_image_grid(np.clip(np.asarray(augmented), 0, 255), [f"augmented {i + 1}" for i in range(9)], run / "augmentation.jpg")

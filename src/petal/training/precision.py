@@ -87,6 +87,11 @@ def describe_device(found_gpus: list, flags: frozenset[str]) -> str:
     return f"CPU {model} ({cores} cores; {features}), no GPU visible to TensorFlow"
 
 
+def device() -> str:
+    """describe_device for this machine, now."""
+    return describe_device(gpus(), cpu_flags())
+
+
 def _installed(distribution: str) -> bool:
     try:
         importlib.metadata.distribution(distribution)

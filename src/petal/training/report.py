@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,54 +20,111 @@ from petal import atomic
 from petal.run_folder import RunFolder
 
 STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
-main{max-width:1000px;margin:0 auto;padding:1rem}
-h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-img{max-width:100%;height:auto;border:1px solid #eee;background:#fff}
-.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.9rem}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa;line-height:1.4}
+main{max-width:1000px;margin:0 auto;padding:.75rem}
+h1{font-size:1.4rem;overflow-wrap:anywhere}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+img{width:100%;max-width:720px;height:auto;border:1px solid #eee;background:#fff}
+.scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:.9rem}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right;white-space:nowrap}th{background:#f0f0f0}
-td:first-child,th:first-child{text-align:left}.verdict{font-size:1.05rem;padding:.5rem;background:#fff3cd}
-.fail{color:#b00020;font-weight:bold}.summary{font-size:1.05rem}
+td:first-child,th:first-child{text-align:left}.verdict{padding:.5rem;background:#fff3cd}
+.fail{color:#b00020;font-weight:bold}.meta{color:#555;font-size:.9rem}
+.answer{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.75rem}.answer p{margin:.4rem 0}
+.headline{font-size:1.15rem}nav ol{margin:.25rem 0;padding-left:1.5rem}nav li{display:inline-block;margin-right:1.5rem}
 table.kv td{text-align:left;white-space:normal;word-break:break-all}
-code{word-break:break-all}figure{margin:1rem 0}
+code,p{overflow-wrap:anywhere}figure{margin:1rem 0}
 """
 
 
 def build_report(run_dir: str | os.PathLike) -> Path:
-    """Write RUN/report.html from what the run folder holds now; return its path."""
+    """Write RUN/report.html from what the run folder holds now; return its path.
+
+    The answer first (model, data, accuracy with its interval, most confused classes, what to do next),
+    then the export table, then the detail: data, training, each evaluation with its data, settings."""
     run = RunFolder(run_dir)
     run.require("config.json", "labels.txt")
     config = run.config().to_dict()
-    parts = [f"<h1>petal run: {_e(run.path.name)}</h1>", _summary(run, config), _data_section(run)]
-    parts.append(_training_section(run))
-    for name, metrics in run.evaluations():
-        parts.append(_evaluation_section(run / "evaluation" / name, metrics))
+    sections = [("result", "Result", _result_section(run, config))]
     if run.export_report():
-        parts.append(_export_section(run.export_report()))
-    parts.append(_config_section(config))
+        sections.append(("export", "Export", _export_section(run.export_report())))
+    sections += [("data", "Data", _data_section(run)), ("training", "Training", _training_section(run))]
+    for number, (name, metrics) in enumerate(run.evaluations(), start=1):
+        sections.append((f"evaluation-{number}", f"Evaluation: {name}", _evaluation_section(run / "evaluation" / name, name, metrics)))
+    sections.append(("configuration", "Configuration", _config_section(config)))
+    contents = "<nav><b>Contents</b><ol>" + "".join(f"<li><a href='#{key}'>{_e(title)}</a></li>" for key, title, _ in sections) + "</ol></nav>"
+    body = "\n".join(f"<section id='{key}'>{text}</section>" for key, _, text in sections)
     page = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>petal: {_e(run.path.name)}</title><style>{STYLE}</style></head><body><main>"
-            + "\n".join(parts) + "</main></body></html>\n")
+            f"<h1>petal run: {_e(run.path.name)}</h1>{_meta_line(run)}{contents}{body}</main></body></html>\n")
     path = run / "report.html"
     atomic.write_text(path, page)
     return path
 
 
-def _summary(run: RunFolder, config: dict) -> str:
-    history = run.history()
-    result = "not trained yet"
-    if history.get("val_accuracy"):
-        accuracy = history["val_accuracy"]
-        mirrored = ", each image averaged with its mirror image" if config.get("test_time_flip") else ""
-        result = (f"validation accuracy <b>{accuracy[-1]:.4f}</b> after {len(accuracy)} of {config['epochs']} epochs "
-                  f"(best {max(accuracy):.4f}){mirrored}")
+def _meta_line(run: RunFolder) -> str:
+    env, timings = run.record("environment"), run.record("timings")
+    parts = []
+    if env:
+        parts.append(f"finished {_e(env['finished'])}")
+    if timings:
+        parts.append(f"took {sum(timings.values()) / 60:.1f} min")
+    if env:
+        parts.append(f"petal {_e(env['petal'])}, TensorFlow {_e(env['tensorflow'])}, Keras {_e(env['keras'])}, Python {_e(env['python'])}")
+        parts.append(_e(env["device"]))
+    return f"<p class=meta>{' · '.join(parts)}</p>" if parts else ""
+
+
+def wilson_interval(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of the proportion right/n (Wilson, 1927): sound at small n and near 1."""
+    if n == 0:
+        return 0.0, 1.0
+    p = right / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _result_section(run: RunFolder, config: dict) -> str:
+    validation, calibration = run.record("validation"), run.record("calibration")
     size = "x".join(map(str, config["image_size"]))
-    trained_at = config.get("train_image_size")
-    if trained_at and list(trained_at) != list(config["image_size"]):
-        size += f" (trained on {'x'.join(map(str, trained_at))} crops)"
-    return (f"<p class=summary>Model <b>{_e(config['model'])}</b> on <code>{_e(config['data_dir'])}</code>, "
-            f"{size} pixels: {result}.</p>")
+    headline = f"Model <b>{_e(config['model'])}</b> ({size} pixels) on <code>{_e(config['data_dir'])}</code>: "
+    if not validation:
+        history = run.history().get("val_accuracy")
+        headline += f"not finished; last validation accuracy {history[-1]:.4f}" if history else "not trained yet"
+        return f"<h2>Result</h2><div class=answer><p class=headline>{headline}</p></div>"
+    n, accuracy = validation["images"], validation["accuracy"]
+    low, high = wilson_interval(round(accuracy * n), n)
+    headline += f"validation accuracy <b>{accuracy:.4f}</b> (95% interval {low:.3f}-{high:.3f}, {n} images it never trained on)."
+    lines = [f"<p class=headline>{headline}</p>"]
+    names = list(run.class_names())
+    confusion = np.asarray(validation["confusion"])
+    np.fill_diagonal(confusion, 0)
+    order = np.argsort(-confusion, axis=None, kind="stable")[:3]
+    pairs = [(int(confusion.flat[i]), names[i // len(names)], names[i % len(names)]) for i in order if confusion.flat[i] > 0]
+    if pairs:
+        lines.append("<p>Most confused: " + "; ".join(f"{_e(true)} taken for {_e(taken)} ({count})" for count, true, taken in pairs) + ".</p>")
+    if calibration and calibration.get("threshold", 0) > 0:
+        sure = calibration.get("accuracy_when_sure")
+        lines.append(f"<p>Below a calibrated confidence of {100 * calibration['threshold']:.0f}% a prediction says <i>not sure</i>: "
+                     f"{100 * calibration['coverage']:.0f}% of the validation images are above it"
+                     + (f", {100 * sure:.1f}% of those right" if sure is not None else "") + ".</p>")
+    lines.append(f"<p>Next: {_next_step(run)}</p>")
+    if run.record("diagnosis"):
+        lines.append(f"<p class=verdict>{_e(run.record('diagnosis')['verdict'])}</p>")
+    return "<h2>Result</h2><div class=answer>" + "".join(lines) + "</div>"
+
+
+def _next_step(run: RunFolder) -> str:
+    report = run.export_report()
+    if not report:
+        return f"<code>petal export {_e(str(run.path))}</code> converts it to LiteRT, each variant checked against this model."
+    passed = [v for v in report["variants"] if v["passed"]]
+    if not passed:
+        return "no LiteRT variant passed the parity gate: see Export."
+    smallest = min(passed, key=lambda v: v["file_bytes"])
+    return (f"<code>petal serve {_e(smallest['path'])}</code> to try it on photos, or <code>petal evaluate {_e(str(run.path))} "
+            f"--data DIR</code> on photos from elsewhere.")
 
 
 def _config_section(config: dict) -> str:
@@ -85,13 +143,11 @@ def _data_section(run: RunFolder) -> str:
     if left_out:
         skipped = f"<p>{len(left_out)} files left out (could not be decoded):</p>" + _table(["file", "reason"], list(left_out.items())[:50])
     return ("<h2>Data</h2>" + _table(["class", *subsets], rows) + skipped
-            + _figure(run / "samples.png", "Training images") + _figure(run / "augmentation.png", "One image through the augmentation"))
+            + _figure(run / "samples.jpg", "Training images") + _figure(run / "augmentation.jpg", "One image through the augmentation"))
 
 
 def _training_section(run: RunFolder) -> str:
     out = "<h2>Training</h2>"
-    if run.record("diagnosis"):
-        out += f"<p class=verdict>{_e(run.record('diagnosis')['verdict'])}</p>"
     history = run.history()
     if history:
         keys = [k for k in ("accuracy", "val_accuracy", "loss", "val_loss", "seconds") if k in history]
@@ -103,15 +159,15 @@ def _training_section(run: RunFolder) -> str:
     return out
 
 
-def _evaluation_section(folder: Path, metrics: dict) -> str:
+def _evaluation_section(folder: Path, name: str, metrics: dict) -> str:
     rows = [(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"])
             for name, m in metrics["per_class"].items()]
-    summary = (f"<p>{_e(Path(metrics['model']).name)} on {metrics['images']} images: accuracy <b>{metrics['accuracy']:.4f}</b>, "
+    summary = (f"<p>{_e(Path(metrics['model']).name)} on <code>{_e(metrics['data'])}</code>, {metrics['images']} images: accuracy <b>{metrics['accuracy']:.4f}</b>, "
                f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.4f}, expected calibration error "
                f"{metrics['expected_calibration_error']:.4f}</p>")
-    return (f"<h2>Evaluation: {_e(folder.name)}</h2>" + summary + _table(["class", "precision", "recall", "F1", "support"], rows)
+    return (f"<h2>Evaluation: {_e(name)}</h2>" + summary + _table(["class", "precision", "recall", "F1", "support"], rows)
             + _figure(folder / "confusion.png", "Confusion matrix") + _figure(folder / "reliability.png", "Reliability diagram")
-            + _figure(folder / "mistakes.png", "The most confident mistakes"))
+            + _figure(folder / "mistakes.jpg", "The most confident mistakes"))
 
 
 def _export_section(report: dict) -> str:
@@ -141,7 +197,8 @@ def _figure(path: Path, caption: str) -> str:
     if not path.exists():
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"<figure><img src='data:image/png;base64,{data}' alt='{_e(caption)}'><figcaption>{_e(caption)}</figcaption></figure>"
+    mime = "image/jpeg" if path.suffix == ".jpg" else "image/png"
+    return f"<figure><img src='data:{mime};base64,{data}' alt='{_e(caption)}'><figcaption>{_e(caption)}</figcaption></figure>"
 
 
 def _e(text: str) -> str:
