@@ -38,6 +38,7 @@ from petal.errors import ModelFileError, RunFolderError
 
 log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = 1  # of every JSON file in the folder; raised when a key is removed or changes meaning
 RECORDS = {name: f"{name}.json" for name in ("timings", "parallel", "diagnosis", "calibration", "validation", "environment")}
 
 
@@ -129,12 +130,14 @@ class RunFolder:
         """One of the JSON records: "timings" (wall seconds per stage), "parallel" (how the run was spread),
         "diagnosis" (the overfitting verdict), "calibration" (temperature and "not sure" threshold),
         "validation" (the saved model's accuracy and confusion matrix), "environment" (versions, machine, time)."""
-        atomic.write_json(self.path / f"{RECORDS[name]}", values)
+        atomic.write_json(self.path / RECORDS[name], {"schema_version": SCHEMA_VERSION, **values})
 
     def record(self, name: str) -> dict:
         """A JSON record by name (see write_record); {} when it has not been written."""
         path = self.path / RECORDS[name]
-        return json.loads(path.read_text()) if path.exists() else {}
+        values = json.loads(path.read_text()) if path.exists() else {}
+        values.pop("schema_version", None)
+        return values
 
     def write_history(self, rows: list[dict]) -> None:
         buffer = io.StringIO()

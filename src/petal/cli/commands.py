@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from petal.cli.common import EXIT_ERROR, EXIT_PARTIAL, needs_extra, progress_bar, require
+from petal.cli.common import EXIT_ERROR, EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.cli.data_command import cmd_data
 from petal.config import ExportConfig, TrainConfig
 from petal.data.decode import DEFAULT_MAX_PIXELS
@@ -22,6 +22,10 @@ SETTINGS = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata]  # pe
 
 def cmd_models(args) -> int:
     entries = list_models(args.pattern)
+    if args.json:
+        print_json("models", {"default": DEFAULT_MODEL, "models": [
+            {"name": e.name, "description": e.description, "pretrained": e.pretrained, "recipe": e.recipe} for e in entries]})
+        return 0
     width = max((len(e.name) for e in entries), default=0)
     for entry in entries:
         default = " (default)" if entry.name == DEFAULT_MODEL else ""
@@ -33,6 +37,13 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
     result = _train(args, args.data_dir)
     history = result.history.get("val_accuracy") or [float("nan")]
+    if args.json:
+        validation = result.run.record("validation")
+        print_json("train", {"run": str(result.run.path), "report": str(result.run / "report.html"), "epochs": len(history),
+                             "final_val_accuracy": history[-1], "validation": validation, "calibration": result.run.record("calibration"),
+                             "diagnosis": result.diagnosis, "seconds": round(time.perf_counter() - started, 1),
+                             "next": f"petal export {result.run.path}"})
+        return 0
     minutes, seconds = divmod(round(time.perf_counter() - started), 60)
     print(f"Trained in {minutes} min {seconds} s: final validation accuracy {history[-1]:.4f} after {len(history)} epochs")
     print(f"Run folder: {result.run.path}  (report: {result.run / 'report.html'})")
@@ -49,14 +60,18 @@ def cmd_export(args) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         gate=args.gate,
     )
-    return export_and_report(args.run_dir, config)
+    return export_and_report(args.run_dir, config, as_json=args.json)
 
 
-def export_and_report(run_dir, config: ExportConfig) -> int:
+def export_and_report(run_dir, config: ExportConfig, as_json: bool = False) -> int:
     """Export every variant behind the parity gate and print the table and what was written."""
     with needs_extra("petal export"):
         from petal.training import export
     report = export.export_litert(run_dir, config, progress=progress_bar())
+    failed_gate = bool(report.failed and config.gate)
+    if as_json:
+        print_json("export", {**dataclasses.asdict(report), "report": str(Path(report.run) / "export" / "report.json")})
+        return EXIT_PARTIAL if failed_gate else 0
     print(report.markdown())
     for variant in report.variants:
         status = "wrote" if variant.passed else ("REJECTED" if config.gate else "wrote despite the gate (--no-gate)")
@@ -76,6 +91,9 @@ def cmd_evaluate(args) -> int:
         evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
     out = args.out or evaluate.default_output(args.model, args.data_dir)
     written = evaluate.write_evaluation(evaluation, out, evaluation.data)
+    if args.json:
+        print_json("evaluate", {**dataclasses.asdict(evaluation), "written": [str(p) for p in written]})
+        return EXIT_PARTIAL if evaluation.failed else 0
     print(evaluation.table())
     for path, reason in sorted(evaluation.failed.items()):
         print(f"petal: error: {path}: {reason}", file=sys.stderr)
@@ -90,7 +108,11 @@ def cmd_evaluate(args) -> int:
 def cmd_report(args) -> int:
     with needs_extra("petal report"):
         from petal.training.report import build_report
-    print(f"Wrote {build_report(args.run_dir)}")
+    path = build_report(args.run_dir)
+    if args.json:
+        print_json("report", {"report": str(path), "bytes": path.stat().st_size})
+        return 0
+    print(f"Wrote {path}")
     return 0
 
 
@@ -114,14 +136,20 @@ def cmd_predict(args) -> int:
 
     with native_log_silenced():
         predictor = predict.Predictor.load(args.model)
-    failed = 0
+    failed, predictions, errors = 0, [], []
     for result in predictor.predict(args.images, top_k=args.top_k):
         if isinstance(result, predict.PredictionError):
             print(f"petal: error: {result.source}: {result.reason}", file=sys.stderr)
+            errors.append({"source": result.source, "reason": result.reason})
             failed += 1
-            continue
-        print(result.sentence())
-        print("  " + result.top_line())
+        elif args.json:
+            predictions.append({"source": result.source, "label": result.label, "confidence": result.confidence, "sure": result.sure,
+                                "top": [{"label": name, "probability": p} for name, p in result.top], "tied": list(result.tied)})
+        else:
+            print(result.sentence())
+            print("  " + result.top_line())
+    if args.json:
+        print_json("predict", {"model": str(args.model), "threshold": predictor.calibration.threshold, "predictions": predictions, "errors": errors})
     if failed == len(args.images):
         return EXIT_ERROR
     return EXIT_PARTIAL if failed else 0
@@ -136,6 +164,9 @@ def cmd_predict_batch(args) -> int:
         top_k=args.top_k, part_size=args.part_size, overwrite=args.overwrite, dashboard=args.dashboard,
         progress=progress_bar("predicting"),
     )
+    if args.json:
+        print_json("predict-batch", {**dataclasses.asdict(result), "out": str(args.out)})
+        return 0 if result.predicted else EXIT_ERROR
     if result.parts_skipped:
         print(f"{result.parts_skipped} parts were already written by an earlier run; predicted the rest")
     print(result.summary() + f" -> {args.out}")
@@ -165,7 +196,7 @@ def cmd_demo(args) -> int:
     for path, label in zip(validation.paths, validation.labels):
         first_of_class.setdefault(label, validation.absolute(path))
     images = list(first_of_class.values())[:3]
-    cmd_predict(argparse.Namespace(model=result.run.export_dir / "model-float32.tflite", images=images, top_k=3))
+    cmd_predict(argparse.Namespace(model=result.run.export_dir / "model-float32.tflite", images=images, top_k=3, json=False))
     print(f"Run folder: {result.run.path}  (open report.html: curves, diagnosis, samples, export table)")
     return 0
 
@@ -191,7 +222,9 @@ def _train(args, data_dir):
             from petal.scale.multi_worker import train_on_ray
         result = train_on_ray(config, out, address=args.address, resume=getattr(args, "resume", False))
     else:
-        verbose = 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in a log
+        # a progress bar on a terminal, one line per epoch in a log; stdout holds only the JSON with --json
+        verbose = 0 if getattr(args, "json", False) else 1 if sys.stdout.isatty() else 2
         result = loop.train(config, out, resume=getattr(args, "resume", False), verbose=verbose, progress=progress_bar())
-    print(f"Diagnosis: {result.diagnosis['verdict']}")
+    if not getattr(args, "json", False):
+        print(f"Diagnosis: {result.diagnosis['verdict']}")
     return result

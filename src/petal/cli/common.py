@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import sys
 
 from petal.errors import MissingDependencyError
+from petal.run_folder import SCHEMA_VERSION  # every `--json` output's too (docs/schemas/COMMAND.schema.json)
 from petal.runtime.native_log import native_log_silenced
 
 EXIT_ERROR = 2  # the command could not do its job
@@ -38,6 +40,11 @@ def require(modules, feature: str) -> None:
         if importlib.util.find_spec(module) is None:
             extra = next(extra for extra, provided in EXTRAS.items() if module in provided)
             raise MissingDependencyError(feature, extra, module)
+
+
+def print_json(command: str, payload: dict) -> None:
+    """A command's result on stdout as one JSON object: schema_version, command, then the payload."""
+    print(json.dumps({"schema_version": SCHEMA_VERSION, "command": command, **payload}, indent=2, default=str))
 
 
 def progress_bar(desc: str = "decoding", unit: str = "img"):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
-from petal.cli.common import EXIT_PARTIAL, needs_extra, progress_bar, require
+from petal.cli.common import EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
 from petal.data.folder import load_split
@@ -30,7 +29,7 @@ def cmd_data(args) -> int:
     extra = _label_issues(args, split, report) if args.label_issues else {}
     report = extra.pop("report", report)
     if args.json:
-        print(json.dumps({**report.to_json(), "unindexed_files": doctor.unindexed_files(args.data_dir), **extra}, indent=2))
+        print_json("data", {**report.to_json(), "unindexed_files": doctor.unindexed_files(args.data_dir), **extra})
         return 0
     _print_data_report(report, split, seconds, doctor, args)
     if args.label_issues:

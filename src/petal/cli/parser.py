@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = subcommands.add_parser("models", help="list the registered models")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'tutorial*'")
+    models.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     models.set_defaults(handler=commands.cmd_models)
 
     train = subcommands.add_parser("train", help="train a model and write a run folder")
     train.add_argument("data_dir", metavar="DIR")
     add_train_options(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    train.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     train.set_defaults(handler=commands.cmd_train)
 
     export = subcommands.add_parser("export", help="convert a run's model to LiteRT and check it against Keras")
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"dynamic/int8 may lose at most this much accuracy against Keras (default {gate.max_accuracy_drop} = 1 point)")
     export.add_argument("--no-gate", dest="gate", action="store_false",
                         help="write variants that fail the parity gate too, and exit 0 (they are still reported as failed)")
+    export.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     export.set_defaults(handler=commands.cmd_export)
 
     evaluate = subcommands.add_parser("evaluate", help="per-class metrics, confusion matrix, calibration and worst mistakes")
@@ -77,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="where to write (default: RUN/evaluation/keras or RUN/evaluation/FILE-STEM)")
     evaluate.add_argument("--top-k", type=int, default=3)
     evaluate.add_argument("--mistakes", type=int, default=16, help="how many of the most confident mistakes to show (default 16)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     evaluate.set_defaults(handler=commands.cmd_evaluate)
 
     report = subcommands.add_parser("report", help="rebuild RUN_DIR/report.html, one self-contained page of the whole run")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     report.set_defaults(handler=commands.cmd_report)
 
     serve = subcommands.add_parser("serve", help="a local page to try the model on photos, and POST /predict (JSON)")
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", metavar="MODEL", help="a run folder or a .tflite written by petal export")
     predict.add_argument("images", metavar="IMAGE", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     predict.set_defaults(handler=commands.cmd_predict)
 
     batch = subcommands.add_parser("predict-batch", help="classify a folder, glob or manifest of any size on Ray, into Parquet files")
@@ -112,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--part-size", type=int, default=512, help="files per Parquet part, the unit of work and of resuming (default 512)")
     batch.add_argument("--overwrite", action="store_true", help="replace DIR's predictions of another model or source")
     batch.add_argument("--dashboard", action="store_true", help="start the local cluster with Ray's dashboard")
+    batch.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     batch.set_defaults(handler=commands.cmd_predict_batch)
 
     demo = subcommands.add_parser("demo", help="the whole workflow (data, train, export, predict) on the bundled sample")

@@ -21,7 +21,7 @@ from petal import atomic
 from petal.data.cache import content_key
 from petal.data.folder import ImageFolder, index_folder
 from petal.errors import ConfigError, DataError, RunFolderError
-from petal.run_folder import RunFolder
+from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.predict import PredictionError, Predictor
 from petal.training.report import build_report
 
@@ -167,7 +167,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike, data_ro
 
 
 def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
-    atomic.write_json(out / "metrics.json", asdict(evaluation))
+    atomic.write_json(out / "metrics.json", {"schema_version": SCHEMA_VERSION, **asdict(evaluation)})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180: csv then quotes names holding \r or \n
     writer.writerow(["path", "true", "predicted", "confidence"])

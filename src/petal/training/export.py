@@ -28,7 +28,7 @@ from petal.config import ExportConfig
 from petal.data.decode import RESIZE_METHOD
 from petal.data.folder import ImageFolder, write_file_list
 from petal.errors import ExportError
-from petal.run_folder import RunFolder
+from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.metadata import embed_metadata
 from petal.runtime.native_log import native_log_silenced
 from petal.training.loop import decode_cache
@@ -143,7 +143,7 @@ def export_litert(
         images=len(validation),
         variants=reports,
     )
-    atomic.write_json(run.export_dir / "report.json", asdict(result))
+    atomic.write_json(run.export_dir / "report.json", {"schema_version": SCHEMA_VERSION, **asdict(result)})
     atomic.write_text(run.export_dir / "report.md", result.markdown())
     # For runtimes that cannot read petal's metadata (TFLite Task Library style: one label per line, in output order)
     atomic.write_text(run.export_dir / "labels.txt", run.labels_path.read_text(encoding="utf-8", errors="surrogateescape"))
