@@ -31,3 +31,17 @@ def test_train_and_evaluate_can_be_called_twice_after_every_submodule_is_importe
         config = petal.TrainConfig(str(data), "tutorial", epochs=1, batch_size=8, image_size=(16, 16))
         run = petal.train(config, tmp_path / f"run-{attempt}", verbose=0).run.path
         assert petal.evaluate(run).accuracy >= 0
+
+
+def test_the_python_api_is_as_quiet_as_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    data = make_folder(tmp_path / "photos", per_class=4)
+    script = ("import petal; config = petal.TrainConfig(%r, 'tutorial', epochs=1, batch_size=8, image_size=(16, 16)); "
+              "petal.train(config, %r, verbose=0)") % (str(data), str(tmp_path / "run"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr
+    noisy = [line for line in result.stderr.splitlines() if "oneDNN" in line or "cpu_feature_guard" in line or len(line) > 300]
+    assert noisy == []

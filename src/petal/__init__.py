@@ -14,7 +14,9 @@ Names are imported on first use, so `petal.Predictor` on a `.tflite` never impor
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -43,5 +45,9 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        from petal.runtime.native_log import native_log_silenced
+
+        # TensorFlow's native start-up notices (oneDNN, CPU features) are hidden, as the `petal` command hides them
+        with native_log_silenced() if "tensorflow" not in sys.modules else contextlib.nullcontext():
+            return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'petal' has no attribute {name!r}")

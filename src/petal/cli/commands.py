@@ -88,7 +88,7 @@ def cmd_evaluate(args) -> int:
     with needs_extra("petal evaluate"):  # TF-free; Keras is loaded only for a run folder
         from petal.training import evaluation as evaluate
     with native_log_silenced():
-        evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes)
+        evaluation = evaluate.evaluate(args.model, args.data_dir, top_k=args.top_k, mistakes=args.mistakes, progress=progress_bar())
     out = args.out or evaluate.default_output(args.model, args.data_dir)
     written = evaluate.write_evaluation(evaluation, out, evaluation.data)
     if args.json:

@@ -91,7 +91,10 @@ def evaluation_data(model_path: str | os.PathLike, data_dir: str | os.PathLike |
     return run.split("validation")
 
 
-def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mistakes: int = 16, batch_size: int = 32) -> Evaluation:
+def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mistakes: int = 16, batch_size: int = 32,
+             progress=None) -> Evaluation:
+    """Every image of `data_dir` (default: the run's validation split) through the model (a run folder or a
+    `.tflite`), as `petal predict` sees it. `progress`: a bar factory (petal.cli.common.progress_bar) over the images."""
     if top_k < 1 or mistakes < 0:
         raise ConfigError(f"top_k must be at least 1 and mistakes at least 0. Received: top_k={top_k}, mistakes={mistakes}")
     predictor = Predictor.load(model_path)
@@ -105,6 +108,8 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
     failed: dict[str, str] = {}
     sure = sure_and_right = 0
     sources = (folder.absolute(p) for p in folder.paths)
+    if progress is not None:
+        sources = progress(sources, total=len(folder.paths), desc="evaluating", unit="img")
     for index, result in enumerate(predictor.predict(sources, top_k=min(top_k, k), batch_size=batch_size)):
         if isinstance(result, PredictionError):
             failed[folder.paths[index]] = result.reason

@@ -114,7 +114,7 @@ def export_litert(
 
     started = time.perf_counter()
     with native_log_silenced():  # the converter's MLIR notices
-        converted = convert_variants(model, config, calibration_images)
+        converted = convert_variants(model, config, calibration_images, progress)
     log.info("converted %s in %.1f s", ", ".join(converted), time.perf_counter() - started)
     files = {
         variant: embed_metadata(tflite, model_metadata(run, variant, input_dtype(tflite)))
@@ -122,9 +122,9 @@ def export_litert(
     }
 
     validation = cache.load(run.split("validation"), progress=progress)
-    keras_accuracy, reports = compare_with_keras(model, files, validation, config)
+    keras_accuracy, reports = compare_with_keras(model, files, validation, config, progress)
     timing_batch = speed_batch(validation)
-    for report in reports:
+    for report in reports if progress is None else progress(reports, total=len(reports), desc="timing", unit="variant"):
         report.speed = measure_speed(files[report.variant], timing_batch, config.threads)
 
     for report in reports:
@@ -152,8 +152,9 @@ def export_litert(
     return result
 
 
-def convert_variants(model, config: ExportConfig, calibration_images: np.ndarray | None) -> dict[str, bytes]:
-    """`.tflite` bytes of each variant in `config.variants`, all from one SavedModel."""
+def convert_variants(model, config: ExportConfig, calibration_images: np.ndarray | None, progress=None) -> dict[str, bytes]:
+    """`.tflite` bytes of each variant in `config.variants`, all from one SavedModel. `progress`: a bar factory
+    (petal.cli.common.progress_bar) shown over the variants."""
     height, width = model.input_shape[1:3]
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -165,7 +166,8 @@ def convert_variants(model, config: ExportConfig, calibration_images: np.ndarray
     atomic.remove_partials(tempfile.gettempdir(), recursive=False)  # what a killed export left there
     with atomic.scratch_dir("petal-export") as saved_model:
         archive.write_out(str(saved_model), verbose=False)
-        return {variant: _convert(str(saved_model), variant, config, calibration_images) for variant in config.variants}
+        variants = config.variants if progress is None else progress(config.variants, total=len(config.variants), desc="converting", unit="variant")
+        return {variant: _convert(str(saved_model), variant, config, calibration_images) for variant in variants}
 
 
 def _convert(saved_model: str, variant: str, config: ExportConfig, calibration_images: np.ndarray | None) -> bytes:

@@ -109,7 +109,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         augment = build_augmentation(config.augmentation, config.training_image_size, config.mixup, config.cutmix)
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
-        recorder = RunRecorder(run, config.early_stopping)
+        recorder = RunRecorder(run, config.early_stopping, config.total_epochs)
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / run.state()["model"], compile=True)
             log.info("resuming %s after epoch %d of %d", run.path, start_epoch, config.total_epochs)
@@ -119,7 +119,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                 compile_for_training(model, config, len(data.train), replicas)
         if entry.pretrained:
             if start_epoch < config.epochs:
-                _train_head(run, config, spec, data, recorder, timings, replicas, verbose)
+                _train_head(run, config, spec, data, recorder, timings, replicas, verbose, progress)
             if config.fine_tune_blocks:
                 if start_epoch <= config.epochs:  # the head is trained; fine-tuning starts now
                     trainable = unfreeze_top_blocks(model, entry.block_pattern, config.fine_tune_blocks)
@@ -282,14 +282,15 @@ class _Validation(keras.callbacks.Callback):
 
 
 def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: PreparedData, recorder: "RunRecorder",
-                timings: dict, replicas: int, verbose: int) -> None:
+                timings: dict, replicas: int, verbose: int, progress=None) -> None:
     """Stage 1 of a pretrained backbone: the head learns from cached embeddings (the backbone is frozen),
     for config.epochs epochs. Seconds of work, so it is checkpointed once, at its end."""
     num_classes = len(data.split.train.class_names)
     cache = EmbeddingCache(config.cache_dir or default_cache_root(), config.model, spec.features, decode_cache(config).settings)
     with timed(timings, "embeddings"):
-        train_embeddings = cache.load(data.train, progress=None)
-        val_embeddings = cache.load(data.validation, progress=None)
+        embedding = None if progress is None else lambda batches, total: progress(batches, total=total, desc="embedding", unit="batch")
+        train_embeddings = cache.load(data.train, progress=embedding)
+        val_embeddings = cache.load(data.validation, progress=embedding)
     with timed(timings, "head"):
         compile_for_training(spec.head, config, len(data.train), replicas)
         started = time.perf_counter()
@@ -407,10 +408,11 @@ class RunRecorder(keras.callbacks.Callback):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
 
-    def __init__(self, run: RunFolder, patience: int = 0):
+    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None):
         super().__init__()
         self.run = run
         self.patience = patience
+        self.total_epochs = total_epochs  # for the whole run's ETA after each epoch
         self.started = time.perf_counter()
 
     def best_model(self) -> keras.Model:
@@ -423,6 +425,11 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.record_epochs(self.model, [logs or {}], time.perf_counter() - self.started, first_epoch=epoch)
+        if self.total_epochs and epoch + 1 < self.total_epochs:
+            seconds = time.perf_counter() - self.started
+            left = (self.total_epochs - epoch - 1) * seconds
+            log.info("epoch %d of %d: val accuracy %.4f, %.0f s; the run ends in about %s", epoch + 1, self.total_epochs,
+                     (logs or {}).get("val_accuracy", float("nan")), seconds, f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s")
 
     def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: float, first_epoch: int = 0) -> None:
         """Append epochs first_epoch+1.. to the history (`seconds` each) and checkpoint `model` as the last

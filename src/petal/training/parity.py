@@ -45,16 +45,18 @@ class VariantReport:
     path: str | None = None  # export/model-VARIANT.tflite, or export/rejected/ when the gate stopped it
 
 
-def compare_with_keras(model, files: dict[str, bytes], images: CachedRows, config: ExportConfig) -> tuple[float, list[VariantReport]]:
+def compare_with_keras(model, files: dict[str, bytes], images: CachedRows, config: ExportConfig,
+                       progress=None) -> tuple[float, list[VariantReport]]:
     """Run Keras and every variant on each batch of `images` once; compare logits, probabilities, top-1.
-    Returns Keras's accuracy and one report per variant."""
+    Returns Keras's accuracy and one report per variant. `progress`: a bar factory over the batches."""
     if len(images) == 0:
         raise ExportError("the run's validation split has no usable images to check the export against")
     runners = {variant: litert_runner(tflite) for variant, tflite in files.items()}
     stats = {variant: {"agree": 0, "right": 0, "logit": 0.0, "prob": 0.0} for variant in files}
     keras_right = 0
     labels = images.labels
-    for start in range(0, len(images), PARITY_BATCH):
+    starts = range(0, len(images), PARITY_BATCH)
+    for start in starts if progress is None else progress(starts, total=len(starts), desc="checking against Keras", unit="batch"):
         positions = np.arange(start, min(start + PARITY_BATCH, len(images)))
         batch = images.gather(positions).astype(np.float32)
         keras_logits = np.asarray(model(batch, training=False), dtype=np.float32)
