@@ -45,3 +45,19 @@ def test_the_python_api_is_as_quiet_as_the_command(tmp_path):
     assert result.returncode == 0, result.stderr
     noisy = [line for line in result.stderr.splitlines() if "oneDNN" in line or "cpu_feature_guard" in line or len(line) > 300]
     assert noisy == []
+
+
+def test_train_takes_keras_callbacks_and_writes_tensorboard_logs(tmp_path):
+    import keras
+
+    class CountEpochs(keras.callbacks.Callback):
+        epochs = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            CountEpochs.epochs += 1
+
+    data = make_folder(tmp_path / "photos", per_class=4)
+    config = petal.TrainConfig(str(data), "tutorial", epochs=2, batch_size=8, image_size=(16, 16))
+    run = petal.train(config, tmp_path / "run", verbose=0, callbacks=[CountEpochs()]).run
+    assert CountEpochs.epochs == 2
+    assert list((run.path / "tensorboard").rglob("events.out.tfevents.*"))

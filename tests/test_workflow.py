@@ -190,3 +190,14 @@ def test_every_command_explains_itself(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: petal {command}" in capsys.readouterr().out
+
+
+def test_shell_completion_is_made_from_the_parser_for_bash_and_zsh():
+    for shell in ("bash", "zsh"):
+        result = subprocess.run([PETAL, "completion", shell], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "--fine-tune-blocks" in result.stdout and "predict-batch" in result.stdout
+
+
+def test_output_cut_short_by_the_reader_is_not_a_traceback():
+    result = subprocess.run(f"{PETAL} completion bash | head -1", shell=True, capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("#") and "Traceback" not in result.stderr

@@ -36,3 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("petal: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `petal ... | head`: the reader left; Python's documented way to end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -8,6 +8,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
+import shtab
+
 from petal import __version__
 from petal.cli import commands, data_command
 from petal.config import EXPORT_VARIANTS, INT8_IO_TYPES, SPLIT, ExportConfig, TrainConfig
@@ -120,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--dashboard", action="store_true", help="start the local cluster with Ray's dashboard")
     batch.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     batch.set_defaults(handler=commands.cmd_predict_batch)
+
+    completion = subcommands.add_parser("completion", help="print a shell completion script: eval \"$(petal completion bash)\"")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(handler=lambda args: print(shtab.complete(parser, shell=args.shell)))
 
     demo = subcommands.add_parser("demo", help="the whole workflow (data, train, export, predict) on the bundled sample")
     demo.add_argument("--data", dest="data_dir", help="a folder of class sub-folders (default: the bundled flower sample)")

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -75,9 +76,23 @@ def prepare_data(config: TrainConfig, split: Split, progress=None) -> PreparedDa
     return PreparedData(split, cache.load(split.train, progress=progress), cache.load(split.validation, progress=progress))
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, verbose: int = 2, progress=None) -> TrainResult:
+def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, verbose: int = 2, progress=None,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Train in this process: on one device, or with config.strategy "mirrored" on every local GPU (or
-    logical device). Multi-worker training goes through petal.scale.multi_worker.train_on_ray."""
+    logical device). Multi-worker training goes through petal.scale.multi_worker.train_on_ray.
+
+    Args:
+        config: every setting; saved as RUN/config.json.
+        out_dir: the run folder; must be empty unless `resume`.
+        resume: continue the run in `out_dir` from its last finished epoch.
+        verbose: Keras's fit verbosity (0 silent, 1 a bar per epoch, 2 a line per epoch).
+        progress: a bar factory (petal.cli.common.progress_bar) for decoding and embedding.
+        callbacks: Keras callbacks for every `fit` of the run (the head's on embeddings too), after
+            petal's own; TensorBoard logs are always written to RUN/tensorboard/.
+
+    Raises:
+        ConfigError, RunFolderError, DataError, WeightsError: one line naming what is wrong.
+    """
     if config.strategy == "multi-worker":
         raise ConfigError("strategy 'multi-worker' runs on Ray: petal.scale.multi_worker.train_on_ray (petal train --workers N)")
     entry = check_model_settings(config)
@@ -110,6 +125,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
         recorder = RunRecorder(run, config.early_stopping, config.total_epochs)
+        callbacks = [keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False, profile_batch=0), *callbacks]
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / run.state()["model"], compile=True)
             log.info("resuming %s after epoch %d of %d", run.path, start_epoch, config.total_epochs)
@@ -119,19 +135,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                 compile_for_training(model, config, len(data.train), replicas)
         if entry.pretrained:
             if start_epoch < config.epochs:
-                _train_head(run, config, spec, data, recorder, timings, replicas, verbose, progress)
+                _train_head(run, config, spec, data, recorder, timings, replicas, verbose, progress, callbacks)
             if config.fine_tune_blocks:
                 if start_epoch <= config.epochs:  # the head is trained; fine-tuning starts now
                     trainable = unfreeze_top_blocks(model, entry.block_pattern, config.fine_tune_blocks)
                     log.info("fine-tuning the top %d blocks (%d trainable weights)", config.fine_tune_blocks, trainable)
                     compile_for_training(model, config, len(data.train), replicas, fine_tuning=True)
                 with timed(timings, "fine_tune"):
-                    _fit(model, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose)
+                    _fit(model, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose, callbacks)
         else:
             if verbose:
                 model.summary()
             with timed(timings, "train"):
-                _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose)
+                _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose, callbacks)
         if config.early_stopping:
             model = recorder.best_model()
     return finish(run, config, model, num_classes, timings, data.skipped)
@@ -228,16 +244,17 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
 
 
 def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder", start_epoch: int, augment, replicas: int,
-         verbose: int):
-    """Train on images from `start_epoch` up to config.total_epochs, recording every epoch."""
+         verbose: int, extra_callbacks=()):
+    """Train on images from `start_epoch` up to config.total_epochs, recording every epoch (the recorder
+    runs before `extra_callbacks`, so they see a recorded epoch)."""
     num_classes = len(data.split.train.class_names)
     batch_size = config.batch_size * replicas  # Keras splits each batch over the replicas
     train_ds = make_dataset(data.train, batch_size, num_classes, shuffle_seed=config.training_seed,
                             start_epoch=start_epoch, augment=augment, drop_remainder=replicas > 1)
     if replicas > 1:  # Keras 3 cannot evaluate a short last batch over replicas: validate outside the strategy
-        validation, callbacks = None, [_Validation(data.validation, config.batch_size, num_classes), recorder]
+        validation, callbacks = None, [_Validation(data.validation, config.batch_size, num_classes), recorder, *extra_callbacks]
     else:
-        validation, callbacks = make_dataset(data.validation, batch_size, num_classes), [recorder]
+        validation, callbacks = make_dataset(data.validation, batch_size, num_classes), [recorder, *extra_callbacks]
     model.fit(
         train_ds,
         validation_data=validation,
@@ -282,7 +299,7 @@ class _Validation(keras.callbacks.Callback):
 
 
 def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: PreparedData, recorder: "RunRecorder",
-                timings: dict, replicas: int, verbose: int, progress=None) -> None:
+                timings: dict, replicas: int, verbose: int, progress=None, callbacks=()) -> None:
     """Stage 1 of a pretrained backbone: the head learns from cached embeddings (the backbone is frozen),
     for config.epochs epochs. Seconds of work, so it is checkpointed once, at its end."""
     num_classes = len(data.split.train.class_names)
@@ -299,6 +316,7 @@ def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: Prep
             validation_data=make_dataset(val_embeddings, config.batch_size * replicas, num_classes),
             epochs=config.epochs,
             class_weight=_class_weight(config, data),
+            callbacks=list(callbacks),
             shuffle=False,
             verbose=verbose,
         )
