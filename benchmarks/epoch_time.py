@@ -36,7 +36,8 @@ def main():
     from petal.config import TrainConfig
     from petal.registry import DEFAULT_MODEL
     from petal.training.augment import build_augmentation
-    from petal.training.loop import build_classifier, compile_for_training, decode_cache, make_split
+    from petal.training.loop import build_classifier, decode_cache, make_split
+    from petal.training.optimization import compile_for_training
     from petal.training.pipeline import make_dataset
     from petal.training.precision import KERAS_POLICY
 

@@ -54,7 +54,8 @@ def run_variant(name: str, data: str, cache_dir: str, epochs: int) -> None:
     from petal.config import TrainConfig
     from petal.registry import DEFAULT_MODEL
     from petal.training.augment import build_augmentation
-    from petal.training.loop import build_classifier, compile_for_training, dtype_policy, learning_rate, make_split, prepare_data
+    from petal.training.loop import build_classifier, make_split, prepare_data
+    from petal.training.optimization import compile_for_training, dtype_policy, learning_rate
     from petal.training.pipeline import make_dataset
     from petal.training.precision import resolve_precision
 

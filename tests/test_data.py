@@ -135,7 +135,7 @@ def test_parts_with_different_classes_are_an_error_naming_the_difference(tmp_pat
 
 
 def test_class_weights_make_rare_classes_count_as_much_as_common_ones():
-    from petal.training.loop import class_weights
+    from petal.training.optimization import class_weights
 
     weights = class_weights(np.array([0] * 8 + [1] * 2), 2)
     assert weights == {0: 10 / (2 * 8), 1: 10 / (2 * 2)}

@@ -23,7 +23,7 @@ def assert_exports_and_predicts(run: Path, image: Path) -> None:
     exported = petal("export", run, "--quantize", "float32")
     assert exported.returncode == 0, exported.stderr
     predicted = petal("predict", run / "export" / "model-float32.tflite", image)
-    assert predicted.returncode == 0 and "most likely belongs to" in predicted.stdout
+    assert predicted.returncode == 0 and "  top 3: " in predicted.stdout  # sure or not, it predicted
 
 
 def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder(tmp_path):

@@ -17,8 +17,10 @@ from petal.registry import get_model_entry
 from petal.runtime.predict import Predictor
 from petal.training import precision
 from petal.training.augment import build_augmentation
+from petal.training.checkpoints import RunRecorder
 from petal.training.export import export_litert
-from petal.training.loop import RunRecorder, dtype_policy, learning_rate, train
+from petal.training.loop import train
+from petal.training.optimization import dtype_policy, learning_rate
 
 
 def test_a_models_recipe_fills_the_config_and_the_users_settings_win():
@@ -184,7 +186,7 @@ def test_a_new_process_loads_the_flipped_model_keras_for_predict_and_evaluate(fl
     data, run = flipped_run
     predicted = subprocess.run([PETAL, "predict", run, next((data / "red").iterdir())], capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr
-    assert "most likely belongs to" in predicted.stdout
+    assert "  top 3: " in predicted.stdout  # "most likely ..." or, for this barely trained model, "not sure: ..."
     evaluated = subprocess.run([PETAL, "evaluate", run], capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr
     assert (run / "evaluation" / "keras" / "metrics.json").exists()

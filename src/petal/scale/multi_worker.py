@@ -34,6 +34,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
 
     from petal.scale.cluster import check_workers, ray_cluster
     from petal.training import loop as single
+    from petal.training.checkpoints import RunRecorder
 
     if config.strategy != "multi-worker":
         raise ConfigError(f"train_on_ray needs strategy 'multi-worker'. Received: strategy={config.strategy!r}")
@@ -55,7 +56,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
             with single.timed(timings, "train"):  # the workers' start, decode and epochs
                 _fit_on_workers(ray, run, config, start_epoch)
     shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
-    recorder = single.RunRecorder(run)
+    recorder = RunRecorder(run)
     if config.early_stopping:
         model = recorder.best_model()
     else:
@@ -105,6 +106,8 @@ def _worker_loop(settings: dict) -> None:
     from petal.data.folder import ImageFolder
     from petal.training import loop as single
     from petal.training.augment import build_augmentation
+    from petal.training.checkpoints import RunRecorder
+    from petal.training.optimization import compile_for_training, dtype_policy
     from petal.training.pipeline import make_dataset
     from petal.training.precision import resolve_precision
 
@@ -130,14 +133,14 @@ def _worker_loop(settings: dict) -> None:
     # every worker saves, in step: the chief into the run folder, the others into a scratch
     # folder (the pattern of TensorFlow's multi-worker guide), under RUN/.ray-train, which the driver removes.
     scratch = None if chief else tempfile.TemporaryDirectory(prefix=f"scratch-rank-{rank}-", dir=_ray_dir(run))
-    with single.dtype_policy(resolve_precision(config.precision)), strategy.scope():
+    with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         resumed_from = run.state()["model"] if start_epoch else None
-        recorder = single.RunRecorder(run if chief else RunFolder(scratch.name), config.early_stopping)
+        recorder = RunRecorder(run if chief else RunFolder(scratch.name), config.early_stopping)
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / resumed_from, compile=True)
         else:
             model = single.build_classifier(config, num_classes).classifier
-            single.compile_for_training(model, config, len(train_files), world, steps_per_epoch=steps)
+            compile_for_training(model, config, len(train_files), world, steps_per_epoch=steps)
         optimizer, loss = model.optimizer, model.loss
 
         augment = build_augmentation(config.augmentation, config.training_image_size, config.mixup, config.cutmix)

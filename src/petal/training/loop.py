@@ -30,10 +30,12 @@ from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
 from petal.runtime.calibration import calibrate
 from petal.training.augment import build_augmentation
+from petal.training.checkpoints import RunRecorder
 from petal.training.diagnosis import diagnose
 from petal.training.embeddings import EmbeddingCache
 from petal.training.models.backbones import unfreeze_top_blocks
 from petal.training.models.flip_average import with_test_time_flip
+from petal.training.optimization import class_weights, compile_for_training, dtype_policy
 from petal.training.pipeline import make_dataset
 from petal.training.plots import save_curves, save_image_grid
 from petal.training.precision import device, resolve_precision
@@ -191,24 +193,6 @@ def local_strategy(name: str) -> tf.distribute.Strategy:
     return strategy
 
 
-def compile_for_training(model: keras.Model, config: TrainConfig, train_images: int, replicas: int = 1, *,
-                         fine_tuning: bool = False, steps_per_epoch: int | None = None) -> None:
-    """The one definition of loss, optimizer (rate, schedule, scaling rule) and metrics, used by every
-    path: one device, mirrored, multi-worker (whose custom step uses model.loss and model.optimizer)."""
-    if fine_tuning:
-        base, epochs, warmup = config.fine_tune_learning_rate, config.fine_tune_epochs, config.fine_tune_warmup_epochs
-    else:
-        base, epochs, warmup = config.learning_rate, config.epochs, config.warmup_epochs
-    steps_per_epoch = steps_per_epoch or -(-train_images // (config.batch_size * replicas))
-    rate = learning_rate(config.lr_schedule, config.learning_rate_for(base, replicas), epochs, warmup, steps_per_epoch)
-    optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay) if config.optimizer == "adamw" else keras.optimizers.Adam(rate)
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-
-
 def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replicas: int) -> None:
     """parallel.json: how the run was spread, and what that made of the batch and the learning rate."""
     run.write_record("parallel", {
@@ -325,21 +309,6 @@ def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: Prep
     recorder.record_epochs(spec.classifier, epochs, seconds)
 
 
-def learning_rate(schedule: str, peak_rate: float, epochs: int, warmup_epochs: int,
-                  steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """A constant rate, or a schedule: linear warm-up, then cosine decay to 0 (or constant)."""
-    warmup = warmup_epochs * steps_per_epoch
-    if schedule == "constant" and not warmup:
-        return peak_rate
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else peak_rate,
-        decay_steps=max(1, (epochs - warmup_epochs) * steps_per_epoch),
-        alpha=0.0 if schedule == "cosine" else 1.0,  # alpha 1: stays at the peak (constant)
-        warmup_target=peak_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-
-
 @contextlib.contextmanager
 def timed(timings: dict, stage: str):
     """Add the wall time of the block to timings[stage] (written to timings.json)."""
@@ -348,17 +317,6 @@ def timed(timings: dict, stage: str):
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
-
-
-@contextlib.contextmanager
-def dtype_policy(policy: str):
-    """Keras's dtype policy is global: set it for this run only."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _inference_copy(model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
@@ -390,12 +348,6 @@ def environment() -> dict:
             "device": device()}
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """Inverse-frequency weights, 1.0 on average over the images: n / (classes * count)."""
-    counts = np.bincount(labels, minlength=num_classes)
-    return {c: float(len(labels) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
-
-
 # Settings that change where files go, not what is trained: a resumed run may give other values.
 RESULT_NEUTRAL_SETTINGS = ("cache_dir",)
 
@@ -420,56 +372,6 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"
         )
     return make_split(config), 0
-
-
-class RunRecorder(keras.callbacks.Callback):
-    """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
-    state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
-
-    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None):
-        super().__init__()
-        self.run = run
-        self.patience = patience
-        self.total_epochs = total_epochs  # for the whole run's ETA after each epoch
-        self.started = time.perf_counter()
-
-    def best_model(self) -> keras.Model:
-        best = self.run.state()
-        log.info("keeping the weights of epoch %d (val accuracy %.4f)", best["best_epoch"], best["best_val_accuracy"])
-        return load_keras_model(self.run.checkpoint_dir / "best.keras")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.record_epochs(self.model, [logs or {}], time.perf_counter() - self.started, first_epoch=epoch)
-        if self.total_epochs and epoch + 1 < self.total_epochs:
-            seconds = time.perf_counter() - self.started
-            left = (self.total_epochs - epoch - 1) * seconds
-            log.info("epoch %d of %d: val accuracy %.4f, %.0f s; the run ends in about %s", epoch + 1, self.total_epochs,
-                     (logs or {}).get("val_accuracy", float("nan")), seconds, f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s")
-
-    def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: float, first_epoch: int = 0) -> None:
-        """Append epochs first_epoch+1.. to the history (`seconds` each) and checkpoint `model` as the last
-        of them; only that last epoch can become the best one, as only its weights are kept."""
-        last = first_epoch + len(epochs)
-        name = f"epoch-{last:04d}.keras"
-        self.run.save_checkpoint(model, name)
-        state = self.run.state()
-        best_epoch, best_value = state["best_epoch"], state["best_val_accuracy"]
-        if epochs[-1].get("val_accuracy", -1.0) > best_value:
-            best_epoch, best_value = last, float(epochs[-1]["val_accuracy"])
-            if self.patience:
-                self.run.save_checkpoint(model, "best.keras")
-        rows = self.run.history_rows()[:first_epoch]
-        for number, logs in enumerate(epochs, start=first_epoch + 1):
-            rows.append({"epoch": number, **{k: float(v) for k, v in sorted(logs.items())}, "seconds": round(seconds, 3)})
-        self.run.write_history(rows)
-        self.run.write_state({"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
-        self.run.remove_old_checkpoints(keep=name)
-        if self.patience and last - best_epoch >= self.patience:
-            log.info("early stopping after epoch %d: no better val accuracy for %d epochs", last, self.patience)
-            model.stop_training = True
 
 
 def _write_previews(run: RunFolder, images: CachedRows, class_names, augment) -> None:
