@@ -52,12 +52,16 @@ BACKBONE_RECIPE = {
     "precision": "float32",
 }
 
-# The default model's (benchmarks/default_recipe.py): the head on cached embeddings, then the top
-# blocks fine-tuned on augmented images with batch norm frozen.
+# The default model's (benchmarks/default_recipe.py, docs/TRAINING.md): the head on cached embeddings,
+# then the top blocks fine-tuned on augmented images with batch norm frozen. Batch 16: fine-tuning at 32
+# kept 0.55 GB more for the backward pass (peak RSS 1.86 GB against 1.32); the first fine-tuning epoch warms
+# its rate up from 0, which took the final accuracy from 0.936-0.940 to 0.952-0.954.
 DEFAULT_RECIPE = {
     **BACKBONE_RECIPE,
+    "batch_size": 16,
     "fine_tune_blocks": 8,
     "fine_tune_epochs": 5,
+    "fine_tune_warmup_epochs": 1,
     "fine_tune_learning_rate": 3e-4,
 }
 

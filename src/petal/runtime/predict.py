@@ -117,7 +117,7 @@ class Predictor:
         config = run.config()
         model = run.load_model()
         calibration = Calibration.from_dict(run.record("calibration") or None, str(run / "calibration.json"))
-        return cls(lambda batch: np.asarray(model(batch, training=False)), run.class_names(), config.image_size, config.max_pixels,
+        return cls(model.predict_on_batch, run.class_names(), config.image_size, config.max_pixels,
                    f"Keras {path}", calibration)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -252,8 +252,10 @@ def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder"
 
 
 def predict_logits(model: keras.Model, images: CachedRows, batch_size: int) -> np.ndarray:
-    """(N, classes) float32 logits of every row of `images`, in order, in inference mode."""
-    batches = [np.asarray(model(images.gather(np.arange(start, min(start + batch_size, len(images)))).astype("float32"), training=False),
+    """(N, classes) float32 logits of every row of `images`, in order, in inference mode. Compiled
+    (predict_on_batch): an eager call of a functional model holds every layer's output until it returns,
+    2.2 GB more for MobileNetV2 at 224 px and batch 32."""
+    batches = [np.asarray(model.predict_on_batch(images.gather(np.arange(start, min(start + batch_size, len(images)))).astype("float32")),
                           dtype=np.float32) for start in range(0, len(images), batch_size)]
     return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]), np.float32)
 
