@@ -8,7 +8,7 @@ def history(loss, val_loss, acc, val_acc):
 def test_rising_validation_loss_with_falling_training_loss_is_overfitting():
     result = diagnose(history([1.5, 1.0, 0.7, 0.4, 0.2], [1.4, 1.1, 1.0, 1.2, 1.5], [0.4, 0.6, 0.7, 0.85, 0.95], [0.45, 0.6, 0.64, 0.63, 0.62]))
     assert result["status"] == "overfitting"
-    assert result["best_epoch"] == 3
+    assert result["lowest_val_loss_epoch"] == 3
     assert result["verdict"].startswith("overfitting from epoch 4: validation loss rose while training loss fell")
     assert abs(result["train_val_accuracy_gap"] - 0.33) < 1e-9
 

@@ -43,11 +43,14 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert trained_run["train"].returncode == 0, trained_run["train"].stderr
     run = trained_run["run"]
     closing = trained_run["train"].stdout.splitlines()[-3:]  # total time and result, the report's path, the next command
-    assert closing[0].startswith("Trained in ") and "final validation accuracy" in closing[0] and "after 2 epochs" in closing[0]
+    saved = json.loads((run / "validation.json").read_text())  # the saved model's: what export and evaluate report
+    assert closing[0].startswith("Trained in ") and "(2 epochs)" in closing[0]
+    assert f"validation accuracy {saved['accuracy']:.4f} on {saved['images']} photos" in closing[0]
     assert closing[1] == f"Run folder: {run}  (report: {run / 'report.html'})"
     assert closing[2] == f"Next: petal export {run}"
     for name in ("config.json", "labels.txt", "split/train.csv", "split/validation.csv", "history.csv",
-                 "curves.png", "diagnosis.json", "samples.png", "model.keras", "checkpoint/state.json"):
+                 "curves.png", "diagnosis.json", "samples.jpg", "model.keras", "checkpoint/state.json", "calibration.json",
+                 "validation.json", "environment.json"):
         assert (run / name).exists(), name
     assert (run / "labels.txt").read_text().split() == sorted(CLASS_COLOURS)
     assert json.loads((run / "config.json").read_text())["image_size"] == [32, 32]

@@ -45,7 +45,9 @@ def cmd_train(args) -> int:
                              "next": f"petal export {result.run.path}"})
         return 0
     minutes, seconds = divmod(round(time.perf_counter() - started), 60)
-    print(f"Trained in {minutes} min {seconds} s: final validation accuracy {history[-1]:.4f} after {len(history)} epochs")
+    saved = result.run.record("validation")  # the saved float32 model's, as export and evaluate will see it
+    print(f"Trained in {minutes} min {seconds} s ({len(history)} epochs): validation accuracy {saved['accuracy']:.4f} "
+          f"on {saved['images']} photos it never trained on")
     print(f"Run folder: {result.run.path}  (report: {result.run / 'report.html'})")
     print(f"Next: petal export {result.run.path}")
     return 0
@@ -186,8 +188,8 @@ def cmd_demo(args) -> int:
     cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS, **data_only}))
     print("== 2/4 train")
     result = _train(args, data_dir)
-    accuracy = result.history.get("val_accuracy") or [float("nan")]
-    print(f"Validation accuracy: {accuracy[-1]:.4f} on {len(result.run.split('validation').paths)} photos the model never trained on")
+    saved = result.run.record("validation")
+    print(f"Validation accuracy: {saved['accuracy']:.4f} on {saved['images']} photos the model never trained on")
     print("== 3/4 export")
     export_and_report(result.run.path, ExportConfig())
     print("== 4/4 predict (a validation image of each of three classes, through the .tflite)")

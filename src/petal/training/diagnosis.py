@@ -10,7 +10,9 @@ RISE_TOLERANCE = 0.05
 
 
 def diagnose(history: dict[str, list[float]]) -> dict:
-    """Return train-val gap, the epoch of lowest validation loss and a verdict (epochs count from 1)."""
+    """Return train-val gap, the epoch of lowest validation loss and a verdict (epochs count from 1). The
+    epoch of best validation accuracy (what --early-stopping keeps, checkpoint/state.json's best_epoch) is
+    named apart: on small validation sets the two often differ."""
     loss, val_loss = np.asarray(history["loss"]), np.asarray(history["val_loss"])
     acc, val_acc = np.asarray(history["accuracy"]), np.asarray(history["val_accuracy"])
     epochs = len(loss)
@@ -41,8 +43,9 @@ def diagnose(history: dict[str, list[float]]) -> dict:
         "status": status,
         "verdict": verdict,
         "epochs": epochs,
-        "best_epoch": best + 1,
-        "best_val_loss": float(val_loss[best]),
+        "lowest_val_loss_epoch": best + 1,
+        "lowest_val_loss": float(val_loss[best]),
+        "best_val_accuracy_epoch": int(np.argmax(val_acc)) + 1,
         "best_val_accuracy": float(val_acc.max()),
         "final_accuracy": float(acc[-1]),
         "final_val_accuracy": float(val_acc[-1]),
