@@ -44,8 +44,12 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
     split, start_epoch = single.plan_run(run, config, resume)
+    started = time.perf_counter()
+    log.info("%s ...", f"joining the Ray cluster at {address}" if address else "starting a local Ray cluster on 127.0.0.1")
     with ray_cluster(address, dashboard=dashboard) as ray:
         check_workers(ray, config.workers)
+        log.info("Ray ready in %.0f s; starting %d training workers: each loads TensorFlow and decodes its share of the "
+                 "images before the first epoch", time.perf_counter() - started, config.workers)
         if not start_epoch:
             run.write_start(config, split)
         single.write_parallelism(run, config, "multi-worker", config.workers)
