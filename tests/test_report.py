@@ -83,3 +83,13 @@ def test_the_report_loads_every_image_and_nothing_from_the_network_in_headless_c
         browser.close()
     assert outside == []
     assert Path(tmp_path / "report-phone.png").stat().st_size > 10_000
+
+
+def test_a_photo_filed_under_two_classes_reaches_the_report(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    shutil.copy(next((data / "red").iterdir()), data / "green" / "also_red.jpg")
+    config = TrainConfig(str(data), model="tutorial", epochs=1, batch_size=8, image_size=(16, 16), cache_dir=str(tmp_path / "cache"))
+    run = train(config, tmp_path / "run", verbose=0).run
+    copies = run.record("copies")
+    assert copies["two_classes_count"] == 1 and "green/also_red.jpg" in copies["two_classes"][0]
+    assert "files with the same contents under two classes" in (run / "report.html").read_text()

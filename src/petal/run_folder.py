@@ -13,6 +13,7 @@
     calibration.json     temperature and "not sure" threshold fitted on the validation split (petal.runtime.calibration)
     validation.json      the saved model's accuracy and confusion matrix on the validation split
     environment.json     when the run finished, petal/TensorFlow/Keras/Python versions, the machine
+    copies.json          files with the same contents in both sides of the split, or under two classes
     samples.jpg          a 3x3 grid of training images; augmentation.jpg the augmentation preview
     model.keras          the trained classifier (written when training ends)
     checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
@@ -39,7 +40,7 @@ from petal.errors import ModelFileError, RunFolderError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1  # of every JSON file in the folder; raised when a key is removed or changes meaning
-RECORDS = {name: f"{name}.json" for name in ("timings", "parallel", "diagnosis", "calibration", "validation", "environment")}
+RECORDS = {name: f"{name}.json" for name in ("timings", "parallel", "diagnosis", "calibration", "validation", "environment", "copies")}
 
 
 class RunFolder:
@@ -129,7 +130,8 @@ class RunFolder:
     def write_record(self, name: str, values: dict) -> None:
         """One of the JSON records: "timings" (wall seconds per stage), "parallel" (how the run was spread),
         "diagnosis" (the overfitting verdict), "calibration" (temperature and "not sure" threshold),
-        "validation" (the saved model's accuracy and confusion matrix), "environment" (versions, machine, time)."""
+        "validation" (the saved model's accuracy and confusion matrix), "environment" (versions, machine, time),
+        "copies" (files with the same contents across the split or under two classes)."""
         atomic.write_json(self.path / RECORDS[name], {"schema_version": SCHEMA_VERSION, **values})
 
     def record(self, name: str) -> dict:

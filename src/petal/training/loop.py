@@ -126,6 +126,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         augment = build_augmentation(config.augmentation, config.training_image_size, config.mixup, config.cutmix)
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
+            run.write_record("copies", exact_copies(data))
         recorder = RunRecorder(run, config.early_stopping, config.total_epochs)
         callbacks = [keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False, profile_batch=0), *callbacks]
         if start_epoch:
@@ -374,6 +375,20 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"
         )
     return make_split(config), 0
+
+
+def exact_copies(data: PreparedData) -> dict:
+    """Files with the same contents (the decode cache's sha256 keys), found for free while training: in
+    both sides of the split (validation accuracy is inflated by them) or under two classes (one label is wrong).
+    Each list holds [path, path] pairs, at most 100."""
+    names = data.split.train.class_names
+    where: dict[str, list[tuple[str, str, str]]] = {}
+    for side, rows in (("train", data.train), ("validation", data.validation)):
+        for key, path, label in zip(rows.keys, rows.paths, rows.labels):
+            where.setdefault(key, []).append((side, path, names[label]))
+    across = [[a[1], b[1]] for places in where.values() for a in places for b in places if a[0] == "train" and b[0] == "validation"]
+    classes = [[a[1], b[1]] for places in where.values() for i, a in enumerate(places) for b in places[i + 1:] if a[2] != b[2]]
+    return {"across_split": across[:100], "across_split_count": len(across), "two_classes": classes[:100], "two_classes_count": len(classes)}
 
 
 def _write_previews(run: RunFolder, images: CachedRows, class_names, augment) -> None:

@@ -142,8 +142,20 @@ def _data_section(run: RunFolder) -> str:
     left_out = run.skipped()
     if left_out:
         skipped = f"<p>{len(left_out)} files left out (could not be decoded):</p>" + _table(["file", "reason"], list(left_out.items())[:50])
-    return ("<h2>Data</h2>" + _table(["class", *subsets], rows) + skipped
+    return ("<h2>Data</h2>" + _table(["class", *subsets], rows) + skipped + _copies(run)
             + _figure(run / "samples.jpg", "Training images") + _figure(run / "augmentation.jpg", "One image through the augmentation"))
+
+
+def _copies(run: RunFolder) -> str:
+    copies, out = run.record("copies"), ""
+    for key, what in (("across_split", "files in both the training and the validation side (same contents): validation "
+                                       "accuracy counts them as new photos"),
+                      ("two_classes", "files with the same contents under two classes: one of the labels is wrong")):
+        if copies.get(key):
+            out += f"<p class=verdict>{copies[key + '_count']} {what}.</p>" + _table(["file", "same contents as"], copies[key][:20])
+    if out:
+        out += "<p><code>petal data DIR</code> names near copies too, and <code>--label-issues</code> photos filed under the wrong class.</p>"
+    return out
 
 
 def _training_section(run: RunFolder) -> str:
