@@ -620,3 +620,26 @@ def test_kind7_a_clean_split_tree_is_read_as_split_and_says_so(tmp_path, caplog)
     assert split.method == "given" and split.train.class_names == ("blue", "green", "red")
     assert "read as already split (train/, val/); --layout classes reads train and val as classes" in caplog.text
     assert load_split(root, layout="classes").train.class_names == ("train", "val")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from conftest import exported_tiny_run
+
+    return exported_tiny_run(tmp_path_factory.mktemp("records"))
+
+
+@pytest.mark.parametrize("record", ["config.json", "calibration.json", "validation.json", "environment.json", "timings.json",
+                                    "copies.json", "diagnosis.json", "export/report.json"])
+@pytest.mark.parametrize("damage", [b"{not json", b"[1, 2]", b""])
+def test_kind13_a_damaged_record_of_the_run_folder_is_one_line_naming_it(finished_run, tmp_path, capsys, record, damage):
+    import shutil
+
+    from petal.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / record).write_bytes(damage)
+    assert main(["report", str(run)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"petal: error: {run / record}: ") and ("JSON" in line)

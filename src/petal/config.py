@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
 from petal.data.folder import check_seed
@@ -227,7 +225,9 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from petal.run_folder import read_json  # here: run_folder imports this module
+
+        return cls.from_dict(read_json(path))
 
 
 EXPORT_VARIANTS = ("float32", "float16", "dynamic", "int8")

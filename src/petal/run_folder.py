@@ -137,7 +137,7 @@ class RunFolder:
     def record(self, name: str) -> dict:
         """A JSON record by name (see write_record); {} when it has not been written."""
         path = self.path / RECORDS[name]
-        values = json.loads(path.read_text()) if path.exists() else {}
+        values = read_json(path) if path.exists() else {}
         values.pop("schema_version", None)
         return values
 
@@ -158,7 +158,7 @@ class RunFolder:
     def state(self) -> dict:
         """checkpoint/state.json: epochs done, the last checkpoint's file name, the best epoch so far."""
         path = self.checkpoint_dir / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {"epochs_done": 0, "best_epoch": 0, "best_val_accuracy": -1.0}
+        return read_json(path) if path.exists() else {"epochs_done": 0, "best_epoch": 0, "best_val_accuracy": -1.0}
 
     def write_state(self, state: dict) -> None:
         """Commits an epoch: written after its checkpoint and history row."""
@@ -176,11 +176,23 @@ class RunFolder:
 
     def evaluations(self) -> list[tuple[str, dict]]:
         """(name, metrics.json) of every evaluation/NAME/ folder, by name."""
-        return [(path.parent.name, json.loads(path.read_text())) for path in sorted((self.path / "evaluation").glob("*/metrics.json"))]
+        return [(path.parent.name, read_json(path)) for path in sorted((self.path / "evaluation").glob("*/metrics.json"))]
 
     def export_report(self) -> dict | None:
         path = self.export_dir / "report.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path) if path.exists() else None
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object petal wrote. Raises RunFolderError naming the file when it is not one (damaged by hand,
+    by a disk fault, or written by something else)."""
+    try:
+        values = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{path}: cannot be read as JSON ({exc}); delete it or train again") from None
+    if not isinstance(values, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, found {type(values).__name__}; delete it or train again")
+    return values
 
 
 def load_keras_model(path: str | os.PathLike, *, compile: bool = False):

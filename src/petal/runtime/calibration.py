@@ -60,6 +60,8 @@ class Calibration:
         """
         if values is None:
             return cls()
+        if not isinstance(values, dict):
+            raise ModelFileError(f"{name}: the calibration is not a JSON object")
         try:
             calibration = cls(**{k: values[k] for k in asdict(cls()) if k in values})
             temperature, threshold = float(calibration.temperature), float(calibration.threshold)
