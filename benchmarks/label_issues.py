@@ -76,7 +76,7 @@ def main():
 def noisy_copy(data: Path, target: Path) -> dict[str, str]:
     """Copy `data` to `target` with NOISE_FRACTION of its photos moved to a random other class; returns
     {new path: true class}."""
-    from petal.data.folder import index_folder
+    from petal.data.index import index_folder
 
     record = target.with_suffix(".moved.json")
     if record.exists() and target.exists():
@@ -102,7 +102,7 @@ def noisy_copy(data: Path, target: Path) -> dict[str, str]:
 
 
 def label_noise(args) -> dict:
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
     from petal.training.label_issues import find_issues, save_contact_sheet
 
     noisy = args.work / "noisy"
@@ -177,7 +177,7 @@ def sweep(found, moved: dict[str, str], cache: Path) -> list[dict]:
 
 
 def _embeddings(found, cache: Path) -> np.ndarray:
-    from petal.data.folder import ImageFolder
+    from petal.data.index import ImageFolder
     from petal.training.label_issues import embed
 
     folder = ImageFolder(found.images.folder.root, found.class_names, tuple(found.paths), found.labels.astype(np.int32))
@@ -186,7 +186,7 @@ def _embeddings(found, cache: Path) -> np.ndarray:
 
 
 def untouched(args) -> dict:
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
     from petal.training.label_issues import find_issues, save_contact_sheet
 
     started = time.perf_counter()
@@ -206,7 +206,7 @@ def untouched(args) -> dict:
 
 def make_copies(data: Path, target: Path) -> list[tuple[str, str, str]]:
     """`data` with COPIES seeded random photos each re-encoded, halved and cropped beside it; (copy, original, how)."""
-    from petal.data.folder import index_folder
+    from petal.data.index import index_folder
 
     record = target.with_suffix(".copies.json")
     if record.exists() and target.exists():
@@ -230,7 +230,7 @@ def make_copies(data: Path, target: Path) -> list[tuple[str, str, str]]:
 
 
 def near_copies(args) -> dict:
-    from petal.data.folder import ImageFolder, index_folder
+    from petal.data.index import ImageFolder, index_folder
     from petal.training.label_issues import difference_hashes, embed
     from petal.training.plots import save_image_grid
 

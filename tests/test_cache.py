@@ -5,7 +5,7 @@ from conftest import make_image
 
 from petal.data.cache import DecodeCache
 from petal.data.decode import decode_image
-from petal.data.folder import index_folder
+from petal.data.index import index_folder
 
 
 def test_second_load_decodes_nothing_and_serves_the_same_pixels(tmp_path, image_folder, caplog):

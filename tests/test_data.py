@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import make_folder, make_image
 
-from petal.data.folder import index_folder, read_file_list, split_folder, write_file_list
+from petal.data.index import index_folder, read_file_list, write_file_list
+from petal.data.split import split_folder
 from petal.errors import ConfigError, DataError
 
 
@@ -109,7 +110,7 @@ def test_split_that_leaves_no_validation_image_is_rejected(image_folder):
 
 
 def test_a_folder_that_comes_split_is_used_as_given(tmp_path):
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
 
     make_folder(tmp_path / "ds" / "train", per_class=5)
     make_folder(tmp_path / "ds" / "validation", per_class=2)
@@ -124,7 +125,7 @@ def test_a_folder_that_comes_split_is_used_as_given(tmp_path):
 
 
 def test_parts_with_different_classes_are_an_error_naming_the_difference(tmp_path):
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
 
     make_folder(tmp_path / "ds" / "train", per_class=3)
     make_folder(tmp_path / "ds" / "val", per_class=1)

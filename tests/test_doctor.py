@@ -11,7 +11,8 @@ from conftest import PETAL, make_folder
 from PIL import Image
 
 from petal.data.doctor import examine
-from petal.data.folder import index_folder, split_folder
+from petal.data.index import index_folder
+from petal.data.split import split_folder
 from petal.errors import ConfigError
 
 

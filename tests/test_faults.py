@@ -16,7 +16,7 @@ from conftest import PETAL, make_folder
 from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import DecodeCache
-from petal.data.folder import load_split
+from petal.data.split import load_split
 from petal.run_folder import RunFolder
 from petal.training.loop import plan_run
 

@@ -16,7 +16,7 @@ from conftest import CLASS_COLOURS, PETAL
 from PIL import Image
 
 from petal.data.doctor import examine
-from petal.data.folder import load_split
+from petal.data.split import load_split
 
 pytest.importorskip("cleanlab")
 

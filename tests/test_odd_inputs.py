@@ -18,7 +18,8 @@ from PIL import Image
 
 from petal.data.decode import decode_image
 from petal.data.doctor import examine
-from petal.data.folder import index_folder, split_folder
+from petal.data.index import index_folder
+from petal.data.split import split_folder
 from petal.errors import ImageError
 from petal.runtime.predict import PredictionError, Predictor
 
@@ -88,7 +89,7 @@ def test_kind2_predict_and_the_training_decode_refuse_special_files_without_read
     code = f"""
 import numpy as np
 from petal.data.cache import DecodeCache
-from petal.data.folder import index_folder
+from petal.data.index import index_folder
 from petal.runtime.predict import Predictor
 p = Predictor(lambda b: np.zeros((len(b), 2), np.float32), ("a", "b"), (8, 8))
 for r in p.predict([{str(root / "red" / "x.jpg")!r}, {str(root / "green" / "z.jpg")!r}]):
@@ -171,7 +172,7 @@ def test_kind4_the_doctor_flags_nearly_black_and_flat_images(tmp_path):
 def _tiny_run_folder(root: Path, model_bytes: bytes) -> Path:
     """A run folder as training writes it (config, labels, split), whose model.keras is `model_bytes`."""
     from petal.config import TrainConfig
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
     from petal.run_folder import RunFolder
 
     data = make_folder(root / "photos", per_class=4)
@@ -435,7 +436,7 @@ def test_kind9_top_k_and_limits_below_one_are_config_errors(tmp_path):
 
 
 def test_kind8_odd_class_and_file_names_round_trip_through_the_run_folder_and_any_console(tmp_path):
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
     from petal.run_folder import RunFolder
 
     data = tmp_path / "photos"
@@ -589,7 +590,7 @@ def test_kind5_symlinked_sub_folders_are_named_by_default_and_followed_once_when
 
 def test_kind7_a_tree_readable_both_ways_is_refused_and_layout_chooses(tmp_path):
     from petal.config import TrainConfig
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
     from petal.errors import DataError
     from petal.training.loop import make_split
 
@@ -610,9 +611,9 @@ def test_kind7_a_tree_readable_both_ways_is_refused_and_layout_chooses(tmp_path)
 
 
 def test_kind7_a_clean_split_tree_is_read_as_split_and_says_so(tmp_path, caplog):
-    from petal.data.folder import load_split
+    from petal.data.split import load_split
 
-    caplog.set_level("INFO", logger="petal.data.folder")
+    caplog.set_level("INFO", logger="petal.data.split")
     root = tmp_path / "split"
     make_folder(root / "train", per_class=3)
     make_folder(root / "val", per_class=2)

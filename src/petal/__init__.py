@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "decode_image": "petal.data.decode",
-    "index_folder": "petal.data.folder",
-    "split_folder": "petal.data.folder",
+    "index_folder": "petal.data.index",
+    "split_folder": "petal.data.split",
     "TrainConfig": "petal.config",
     "ExportConfig": "petal.config",
     "RunFolder": "petal.run_folder",

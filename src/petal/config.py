@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
-from petal.data.folder import check_seed
+from petal.data.split import check_seed
 from petal.errors import ConfigError
 
 AUGMENTATIONS = {

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from petal import atomic
 from petal.config import TrainConfig
-from petal.data.folder import ImageFolder, Split, read_file_list, write_file_list
+from petal.data.index import ImageFolder, read_file_list, write_file_list
+from petal.data.split import Split
 from petal.errors import ModelFileError, RunFolderError
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from pathlib import Path
 from petal.cli.common import EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
-from petal.data.folder import load_split
 from petal.data.quarantine import move_flagged, undo_move
+from petal.data.split import load_split
 from petal.errors import PetalError
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, decode_image, open_regular
-from petal.data.folder import ImageFolder
+from petal.data.index import ImageFolder
 from petal.errors import DiskFullError, ImageError
 
 log = logging.getLogger(__name__)

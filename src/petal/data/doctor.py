@@ -28,7 +28,7 @@ from petal.data.decode import (
     load_rgb,
     open_regular,
 )
-from petal.data.folder import Split
+from petal.data.split import Split
 from petal.errors import ImageError
 
 MIN_SIDE = 32  # smaller images carry too little to learn from at any usual input size

@@ -107,7 +107,7 @@ def _worker_loop(settings: dict) -> None:
     import ray.train
     import tensorflow as tf
 
-    from petal.data.folder import ImageFolder
+    from petal.data.index import ImageFolder
     from petal.training import loop as single
     from petal.training.augment import build_augmentation
     from petal.training.checkpoints import RunRecorder

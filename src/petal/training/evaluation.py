@@ -19,7 +19,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data.cache import content_key
-from petal.data.folder import ImageFolder, index_folder
+from petal.data.index import ImageFolder, index_folder
 from petal.errors import ConfigError, DataError, RunFolderError
 from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.predict import PredictionError, Predictor

@@ -26,7 +26,7 @@ import petal
 from petal import atomic
 from petal.config import ExportConfig
 from petal.data.decode import RESIZE_METHOD
-from petal.data.folder import ImageFolder, write_file_list
+from petal.data.index import ImageFolder, write_file_list
 from petal.errors import ExportError
 from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.metadata import embed_metadata

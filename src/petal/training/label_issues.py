@@ -44,7 +44,8 @@ import numpy as np
 
 from petal.data.decode import DEFAULT_MAX_PIXELS
 from petal.data.doctor import KINDS, DoctorReport, Finding
-from petal.data.folder import ImageFolder, Split
+from petal.data.index import ImageFolder
+from petal.data.split import Split
 from petal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
     """Label issues, outliers and near copies among every image of `split` (train, validation and test).
 
     Args:
-        split: from `petal.data.folder.load_split`; labels are the class folders.
+        split: from `petal.data.split.load_split`; labels are the class folders.
         cache_dir: decode and embedding cache (None: $PETAL_CACHE_DIR or ~/.cache/petal), shared with training.
         image_size: (height, width) in pixels the backbone sees; None: the default model's (224, 224).
         folds: K of the stratified K-fold cross-validation (at most the smallest class's size).

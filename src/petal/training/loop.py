@@ -24,7 +24,7 @@ import petal
 from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import CachedRows, DecodeCache, default_cache_root
-from petal.data.folder import Split, load_split
+from petal.data.split import Split, load_split
 from petal.errors import ConfigError, RunFolderError
 from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model

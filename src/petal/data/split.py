@@ -1,4 +1,4 @@
-"""Find the images of a class-per-folder tree and split them, exactly as Keras's loader would.
+"""Split a folder's images exactly as Keras's loader would, or take the split a folder comes with.
 
 `tf.keras.utils.image_dataset_from_directory(DIR, validation_split=0.2, subset=..., seed=123)` walks
 the tree in sorted order, shuffles the whole file list with `np.random.RandomState(seed)` and cuts
@@ -8,9 +8,7 @@ that its default split is the tutorial's, file for file, and every result compar
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import os
 from dataclasses import dataclass
@@ -19,38 +17,13 @@ from typing import Collection
 
 import numpy as np
 
-from petal import atomic
-from petal.data.decode import IMAGE_EXTENSIONS
+from petal.data.index import ImageFolder, index_folder
 from petal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+
 SPLIT_METHODS = ("keras", "stratified")
-EXPECTED_LAYOUT = "expected DIR/<class name>/<image files>, one sub-folder per class"
-
-
-@dataclass(frozen=True)
-class ImageFolder:
-    """The images of one folder: paths relative to `root`, each with a label indexing `class_names`."""
-
-    root: Path
-    class_names: tuple[str, ...]
-    paths: tuple[str, ...]
-    labels: np.ndarray  # int32, one per path
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def counts(self) -> dict[str, int]:
-        per_class = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(n) for name, n in zip(self.class_names, per_class)}
-
-    def subset(self, indices) -> "ImageFolder":
-        indices = list(indices)
-        return ImageFolder(self.root, self.class_names, tuple(self.paths[i] for i in indices), self.labels[indices])
-
-    def absolute(self, relative_path: str) -> str:
-        return os.path.join(self.root, relative_path)
 
 
 @dataclass(frozen=True)
@@ -159,45 +132,6 @@ def _rerooted(folder: ImageFolder, root: Path, part: str) -> ImageFolder:
     return ImageFolder(root, folder.class_names, tuple(f"{part}/{p}" for p in folder.paths), folder.labels)
 
 
-def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, *,
-                 follow_links: bool = False) -> ImageFolder:
-    """List the image files under `root`/<class>/ (recursively) in Keras's sorted walk order; symlinked
-    sub-folders inside class folders are followed only with `follow_links` (see `load_split`)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder ({EXPECTED_LAYOUT})")
-    class_names = sorted(
-        entry for entry in os.listdir(root) if not entry.startswith(".") and (root / entry).is_dir()
-    )
-    paths: list[str] = []
-    labels: list[int] = []
-    empty: list[str] = []
-    unfollowed: list[str] = []
-    for label, class_name in enumerate(class_names):
-        found = list(_walk_images(root / class_name, class_name, extensions, follow_links, unfollowed))
-        if not found:
-            empty.append(class_name)
-        paths += found
-        labels += [label] * len(found)
-    if unfollowed:
-        log.warning("%s: %d symlinked folder(s) inside class folders not followed, as Keras's default: %s; "
-                    "--follow-links reads them", root, len(unfollowed), ", ".join(unfollowed))
-    if not paths:
-        loose = sum(1 for p in root.iterdir() if p.suffix.lower() in extensions)
-        hint = f"; found {loose} image files directly in it" if loose else ""
-        raise DataError(f"{root}: no images found in class sub-folders{hint} ({EXPECTED_LAYOUT})")
-    if empty:
-        raise DataError(f"{root}: class folder(s) with no images: {', '.join(empty)} ({EXPECTED_LAYOUT})")
-    broken = [name for name in class_names if "\n" in name]
-    if broken:  # labels.txt holds one class name per line
-        raise DataError(f"{root}: class folder names must not contain a line feed; rename {', '.join(map(repr, broken))}")
-    if len(class_names) < 2:
-        raise DataError(
-            f"{root}: found only one class ({class_names[0]}); a classifier needs at least two ({EXPECTED_LAYOUT})"
-        )
-    return ImageFolder(root, tuple(class_names), tuple(paths), np.asarray(labels, dtype=np.int32))
-
-
 def split_folder(folder: ImageFolder, val_split: float = 0.2, seed: int = 123, method: str = "keras") -> Split:
     """Split into training and validation images.
 
@@ -248,47 +182,3 @@ def check_seed(seed: int | None, name: str = "seed") -> None:
     """Seeds are NumPy RandomState seeds: whole numbers in 0..2**32 - 1 (None: not set)."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
         raise ConfigError(f"{name} must be a whole number in 0..{2**32 - 1}. Received: {name}={seed!r}")
-
-
-def write_file_list(target: str | os.PathLike, folder: ImageFolder) -> None:
-    """Record which files a run used, with their class names, as CSV (path relative to the data root)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180: csv then quotes names holding \r or \n
-    writer.writerow(["path", "class"])
-    for path, label in zip(folder.paths, folder.labels):
-        writer.writerow([path, folder.class_names[label]])
-    atomic.write_text(target, buffer.getvalue())
-
-
-def read_file_list(source: str | os.PathLike, root: str | os.PathLike, class_names: tuple[str, ...]) -> ImageFolder:
-    """Read a list written by `write_file_list` back, against the run's class names."""
-    index = {name: i for i, name in enumerate(class_names)}
-    with open(source, newline="", encoding="utf-8", errors="surrogateescape") as f:  # as atomic.write_text wrote it
-        rows = list(csv.DictReader(f))
-    unknown = sorted({row["class"] for row in rows} - set(index))
-    if unknown:
-        raise DataError(f"{source}: classes {unknown} are not among the run's classes {list(class_names)}")
-    labels = np.asarray([index[row["class"]] for row in rows], dtype=np.int32)
-    return ImageFolder(Path(root), tuple(class_names), tuple(row["path"] for row in rows), labels)
-
-
-def _walk_images(class_dir: Path, class_name: str, extensions: tuple[str, ...], follow_links: bool, unfollowed: list[str]):
-    """Yield 'class/sub/file' paths in the order of Keras's `index_subdirectory` (`os.walk` sorted by
-    folder). Following links, each real folder is read once, so a link back up the tree cannot loop.
-    Symlinked folders not followed are appended to `unfollowed`, relative to the data root."""
-    walked, seen = [], set()
-    for dirpath, dirnames, files in os.walk(class_dir, followlinks=follow_links):
-        dirnames.sort()  # which of two paths to one real folder is read: the first in sorted order
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames.clear()
-            continue
-        seen.add(real)
-        if not follow_links:
-            unfollowed += [os.path.join(class_name, os.path.relpath(os.path.join(dirpath, name), class_dir))
-                           for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
-        walked.append((dirpath, files))
-    for dirpath, files in sorted(walked, key=lambda entry: entry[0]):
-        for fname in sorted(files):
-            if fname.lower().endswith(extensions):
-                yield os.path.join(class_name, os.path.relpath(os.path.join(dirpath, fname), class_dir))
