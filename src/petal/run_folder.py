@@ -175,6 +175,23 @@ class RunFolder:
             if old.name != keep:
                 old.unlink(missing_ok=True)
 
+    def write_litert_model(self, variant: str, tflite: bytes, deployable: bool) -> Path:
+        """export/model-VARIANT.tflite, or export/rejected/ when the parity gate stopped it (for inspection, never
+        where a model is looked for); the other place's stale copy is removed. Returns where it went."""
+        kept = self.export_dir / f"model-{variant}.tflite"
+        rejected = self.export_dir / "rejected" / kept.name
+        remove_stale(rejected if deployable else kept)
+        atomic.write_bytes(kept if deployable else rejected, tflite)
+        return kept if deployable else rejected
+
+    def write_export_report(self, report: dict, markdown: str) -> None:
+        """export/report.json and report.md, and export/labels.txt for runtimes that cannot read petal's
+        metadata (TFLite Task Library style: one label per line, in output order)."""
+        atomic.write_json(self.export_dir / "report.json", {"schema_version": SCHEMA_VERSION, **report})
+        atomic.write_text(self.export_dir / "report.md", markdown)
+        atomic.write_text(self.export_dir / "labels.txt", self.labels_path.read_text(encoding="utf-8", errors="surrogateescape"))
+        remove_stale(self.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
+
     def evaluations(self) -> list[tuple[str, dict]]:
         """(name, metrics.json) of every evaluation/NAME/ folder, by name."""
         return [(path.parent.name, read_json(path)) for path in sorted((self.path / "evaluation").glob("*/metrics.json"))]
@@ -182,6 +199,13 @@ class RunFolder:
     def export_report(self) -> dict | None:
         path = self.export_dir / "report.json"
         return read_json(path) if path.exists() else None
+
+
+def remove_stale(path: Path) -> None:
+    """Remove a file an earlier export wrote that this one replaces with nothing."""
+    if path.exists():
+        path.unlink()
+        log.info("removed %s: it no longer matches this export", path)
 
 
 def read_json(path: str | os.PathLike) -> dict:

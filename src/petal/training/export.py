@@ -15,7 +15,6 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator
 
 import keras
@@ -28,7 +27,7 @@ from petal.config import ExportConfig
 from petal.data.decode import RESIZE_METHOD
 from petal.data.index import ImageFolder, write_file_list
 from petal.errors import ExportError
-from petal.run_folder import SCHEMA_VERSION, RunFolder
+from petal.run_folder import RunFolder, remove_stale
 from petal.runtime.metadata import embed_metadata
 from petal.runtime.native_log import native_log_silenced
 from petal.training.loop import decode_cache
@@ -110,7 +109,7 @@ def export_litert(
     if "int8" in config.variants and calibration_images is None:
         calibration_images = _calibration_set(run, cache, config, progress)
     elif "int8" in config.variants:
-        _remove_stale(run.export_dir / "calibration.csv")  # the caller's own images calibrate this time
+        remove_stale(run.export_dir / "calibration.csv")  # the caller's own images calibrate this time
 
     started = time.perf_counter()
     with native_log_silenced():  # the converter's MLIR notices
@@ -128,12 +127,7 @@ def export_litert(
         report.speed = measure_speed(files[report.variant], timing_batch, config.threads)
 
     for report in reports:
-        deployable = run.export_dir / f"model-{report.variant}.tflite"
-        rejected = run.export_dir / "rejected" / deployable.name  # for inspection, never where a model is looked for
-        keep = report.passed or not config.gate
-        report.path = str(deployable if keep else rejected)
-        _remove_stale(rejected if keep else deployable)
-        atomic.write_bytes(report.path, files[report.variant])
+        report.path = str(run.write_litert_model(report.variant, files[report.variant], deployable=report.passed or not config.gate))
     result = ExportReport(
         run=str(run.path),
         config=config.to_dict(),
@@ -143,11 +137,7 @@ def export_litert(
         images=len(validation),
         variants=reports,
     )
-    atomic.write_json(run.export_dir / "report.json", {"schema_version": SCHEMA_VERSION, **asdict(result)})
-    atomic.write_text(run.export_dir / "report.md", result.markdown())
-    # For runtimes that cannot read petal's metadata (TFLite Task Library style: one label per line, in output order)
-    atomic.write_text(run.export_dir / "labels.txt", run.labels_path.read_text(encoding="utf-8", errors="surrogateescape"))
-    _remove_stale(run.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
+    run.write_export_report(asdict(result), result.markdown())
     build_report(run.path)
     return result
 
@@ -227,10 +217,3 @@ def model_metadata(run: RunFolder, variant: str = "float32", input_dtype: str = 
             "max_pixels": config.max_pixels,
         },
     }
-
-
-def _remove_stale(path: Path) -> None:
-    if path.exists():
-        path.unlink()
-        log.info("removed %s: it no longer matches this export", path)
-
