@@ -65,3 +65,14 @@ def test_calibrate_reports_coverage_and_accuracy_when_sure():
     logits = np.array([[4.0, 0.0], [3.0, 0.0], [0.2, 0.0], [0.1, 0.0]])
     calibration = calibrate(logits, np.array([0, 0, 1, 0]), target=1.0)
     assert calibration.coverage == 0.5 and calibration.accuracy_when_sure == 1.0
+
+
+def test_by_default_sure_predictions_make_half_the_mistakes():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 2000)
+    logits = rng.normal(0, 1, (2000, 3))
+    logits[np.arange(2000), labels] += rng.uniform(0, 4, 2000)  # right more often the larger the margin
+    calibration = calibrate(logits, labels)
+    accuracy = float((logits.argmax(1) == labels).mean())
+    assert calibration.target_precision == pytest.approx(1 - (1 - accuracy) / 2, abs=1e-6)
+    assert calibration.accuracy_when_sure >= calibration.target_precision and 0 < calibration.coverage < 1

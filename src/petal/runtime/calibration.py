@@ -6,10 +6,13 @@ Temperature scaling (Guo, Pleiss, Sun and Weinberger, "On Calibration of Modern 
 of the validation labels. It never changes the predicted class, only how sure the model says it is
 (label smoothing, used by petal's recipes, makes models under-confident: T < 1 then).
 
-The threshold rule: the lowest calibrated confidence t such that the validation images predicted with
-confidence >= t are right at least TARGET_PRECISION of the time. A prediction below t is reported as
-"not sure" with its top classes. On a model that is that precise everywhere, t is its lowest confidence;
-on one that never is, t is 1 (every prediction "not sure"). No TensorFlow: the light runtime applies it.
+The threshold rule: sure predictions make half the mistakes. With validation accuracy a, the target
+precision is 1 - (1 - a) / 2 (0.979 for a model 95.8% right, 0.8 for one 60% right), and the threshold is
+the lowest calibrated confidence t such that the validation images predicted with confidence >= t are
+right at least that often. A prediction below t is reported as "not sure" with its top classes; on a model
+that never reaches the target, t is 1 (every prediction "not sure"). A fixed target would say nothing on a
+good model (at 95%, a model 95.8% right is sure of everything, a chart included) and everything on a weak
+one. No TensorFlow: the light runtime applies it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import numpy as np
 
 from petal.errors import ModelFileError
 
-TARGET_PRECISION = 0.95
 _LOG_T_RANGE = (-4.0, 4.0)  # T in [0.018, 55]: far beyond any fitted value
 
 
@@ -33,7 +35,7 @@ class Calibration:
 
     temperature: float = 1.0
     threshold: float = 0.0
-    target_precision: float = TARGET_PRECISION
+    target_precision: float | None = None
     images: int = 0
     coverage: float = 1.0
     accuracy_when_sure: float | None = None
@@ -100,7 +102,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return math.exp((low + high) / 2)
 
 
-def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float = TARGET_PRECISION) -> float:
+def halved_error_target(accuracy: float) -> float:
+    """The precision at which sure predictions make half the mistakes of all of them: 1 - (1 - accuracy) / 2."""
+    return 1 - (1 - accuracy) / 2
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
     """The lowest confidence t at which images with confidence >= t are right at least `target` of the
     time ((N,) float, (N,) bool); 1.0 when no t is."""
     order = np.argsort(-confidence, kind="stable")
@@ -112,16 +119,18 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float 
     return float(sorted_confidence[meets[-1]]) if len(meets) else 1.0
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, target: float = TARGET_PRECISION) -> Calibration:
-    """Temperature and threshold from validation logits (N, classes) and labels (N,)."""
+def calibrate(logits: np.ndarray, labels: np.ndarray, target: float | None = None) -> Calibration:
+    """Temperature and threshold from validation logits (N, classes) and labels (N,); `target` precision
+    (default: halved_error_target of the accuracy)."""
     labels = np.asarray(labels, dtype=np.int64)
     temperature = fit_temperature(logits, labels)
     probabilities = Calibration(temperature).probabilities(logits)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels
+    target = halved_error_target(float(correct.mean())) if target is None else target
     threshold = choose_threshold(confidence, correct, target)
     sure = confidence >= threshold
     return Calibration(
-        temperature=round(temperature, 6), threshold=round(threshold, 6), target_precision=target, images=len(labels),
+        temperature=round(temperature, 6), threshold=round(threshold, 6), target_precision=round(target, 6), images=len(labels),
         coverage=float(sure.mean()), accuracy_when_sure=float(correct[sure].mean()) if sure.any() else None,
     )
