@@ -39,6 +39,6 @@ python:
 $(VENV)/.installed: pyproject.toml
 	$(if $(wildcard $(BIN)/python),$(REQUIRE_VENV),$(REQUIRE_PYTHON)"$(PYTHON)" -m venv $(VENV))
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip uninstall -qq --yes petal 2>/dev/null || true  # the name before petal-vision, in venvs made before
+	@$(BIN)/python -m pip uninstall -qq --yes petal 2>/dev/null || true  # the name before petal-vision, in venvs made before
 	$(BIN)/python -m pip install --quiet -e '.[train,serve,scale,test]'
 	touch $@

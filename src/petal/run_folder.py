@@ -192,6 +192,13 @@ class RunFolder:
         atomic.write_text(self.export_dir / "labels.txt", self.labels_path.read_text(encoding="utf-8", errors="surrogateescape"))
         remove_stale(self.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
 
+    def recommended_model(self) -> str | None:
+        """The exported .tflite to use: of those that passed the parity gate, the fastest at one thread; None
+        before an export, or when none passed."""
+        passed = [v for v in (self.export_report() or {}).get("variants", []) if v.get("passed")]
+        fastest = min(passed, key=lambda v: min(v["speed"]["latency_ms"].values(), default=float("inf")), default=None)
+        return fastest["path"] if fastest else None
+
     def evaluations(self) -> list[tuple[str, dict]]:
         """(name, metrics.json) of every evaluation/NAME/ folder, by name."""
         return [(path.parent.name, read_json(path)) for path in sorted((self.path / "evaluation").glob("*/metrics.json"))]

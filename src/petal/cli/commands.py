@@ -15,6 +15,7 @@ from petal.data.decode import DEFAULT_MAX_PIXELS
 from petal.data.quarantine import read_exclusion_list
 from petal.errors import PetalError
 from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
+from petal.run_folder import RunFolder
 from petal.runtime.native_log import native_log_silenced
 
 SETTINGS = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata]  # petal train's flags, one per setting
@@ -79,6 +80,9 @@ def export_and_report(run_dir, config: ExportConfig, as_json: bool = False) -> i
         status = "wrote" if variant.passed else ("REJECTED" if config.gate else "wrote despite the gate (--no-gate)")
         print(f"{variant.variant:>8}: {status} {variant.path}" + ("" if variant.passed else f" ({variant.failure})"))
     print(f"Report: {Path(report.run) / 'export' / 'report.md'} (and report.json)")
+    recommended = RunFolder(report.run).recommended_model()
+    if recommended:
+        print(f"Next: petal serve {recommended}  (the fastest variant that passed the gate), or petal predict {recommended} PHOTO")
     if report.failed and config.gate:
         names = ", ".join(v.variant for v in report.failed)
         print(f"petal: error: {names} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable", file=sys.stderr)

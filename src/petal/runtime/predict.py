@@ -19,6 +19,7 @@ from petal.data.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image, ope
 from petal.errors import ConfigError, ImageError, ModelFileError, RunFolderError
 from petal.runtime.calibration import Calibration
 from petal.runtime.metadata import check_metadata, read_metadata
+from petal.runtime.native_log import native_log_silenced
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class Predictor:
             if np.dtype(tensor["dtype"]).kind != "f" and not (np.isfinite(tensor["quantization"][0]) and tensor["quantization"][0] > 0):
                 raise ModelFileError(f"{path}: integer tensor {tensor['name']!r} has no positive quantization scale")
         try:
-            runner = LiteRTRunner(interpreter)
+            with native_log_silenced():  # allocate_tensors applies XNNPACK, which says so on stderr
+                runner = LiteRTRunner(interpreter)
         except Exception as exc:
             raise ModelFileError(f"{path}: LiteRT cannot prepare this model ({type(exc).__name__}: {_first_line(exc)})") from None
         return cls(runner, info.labels, info.image_size, info.max_pixels, f"LiteRT {path.name}",

@@ -70,7 +70,7 @@ class ExportReport:
     def markdown(self) -> str:
         threads = sorted({t for v in self.variants for t in v.speed.latency_ms})
         head = ["variant", "size (MB)", "accuracy", "Δ acc (points)", "top-1 agreement", "max abs Δlogit", "max abs Δprob"]
-        head += [f"latency ms ({t} thr)" for t in threads] + [f"img/s ({t} thr)" for t in threads] + ["gate"]
+        head += [f"latency ms ({t} thr)" for t in threads] + [f"img/s, batch of 32 ({t} thr)" for t in threads] + ["gate"]
         rows = [["Keras", f"{self.keras_file_bytes / 1e6:.2f}", f"{self.keras_accuracy:.4f}", *["—"] * (len(head) - 4), "reference"]]
         for v in self.variants:
             io = "" if v.input_dtype == "float32" else f" ({v.input_dtype} io)"

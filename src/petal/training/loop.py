@@ -100,6 +100,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     entry = check_model_settings(config)
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
+    started = time.perf_counter()
     timings: dict[str, float] = {}
     split, start_epoch = plan_run(run, config, resume)
     class_names = split.train.class_names
@@ -153,7 +154,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                 _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose, callbacks)
         if config.early_stopping:
             model = recorder.best_model()
-    return finish(run, config, model, num_classes, timings, data.skipped)
+    return finish(run, config, model, num_classes, timings, data.skipped, time.perf_counter() - started)
 
 
 def check_model_settings(config: TrainConfig):
@@ -207,7 +208,7 @@ def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replic
 
 
 def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: dict,
-           skipped: dict[str, str]) -> TrainResult:
+           skipped: dict[str, str], seconds: float | None = None) -> TrainResult:
     """What every way of training ends with: model.keras (float32, uncompiled), its calibration on the
     validation split (petal.runtime.calibration), timings, curves, diagnosis, report."""
     saved = _inference_copy(model, config, num_classes)
@@ -218,7 +219,7 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
     run.write_record("calibration", calibrate(logits, validation.labels).to_dict())
     run.write_record("validation", {"images": len(validation), "accuracy": float(np.mean(logits.argmax(1) == validation.labels)),
                                     "confusion": confusion_matrix(validation.labels, logits.argmax(1), num_classes).tolist()})
-    run.write_record("environment", environment())
+    run.write_record("environment", {**environment(), "seconds": None if seconds is None else round(seconds, 1)})
     run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from petal import atomic
 
@@ -39,6 +40,7 @@ def save_curves(history: dict[str, list[float]], path: str | os.PathLike, title:
         ax.plot(epochs, history[metric], marker="o", markersize=3, label=f"Training {label}")
         ax.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3, label=f"Validation {label}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"Training and Validation {label}")
         ax.legend(loc="lower right" if metric == "accuracy" else "upper right")
         ax.grid(alpha=0.3)

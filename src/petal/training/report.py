@@ -67,8 +67,9 @@ def _meta_line(run: RunFolder) -> str:
     parts = []
     if env:
         parts.append(f"finished {_e(env['finished'])}")
-    if timings:
-        parts.append(f"took {sum(timings.values()) / 60:.1f} min")
+    seconds = env.get("seconds") or sum(timings.values())  # the whole command's, else its stages'
+    if seconds:
+        parts.append(f"took {int(seconds // 60)} min {round(seconds % 60)} s")
     if env:
         parts.append(f"petal {_e(env['petal'])}, TensorFlow {_e(env['tensorflow'])}, Keras {_e(env['keras'])}, Python {_e(env['python'])}")
         parts.append(_e(env["device"]))
@@ -119,11 +120,10 @@ def _next_step(run: RunFolder) -> str:
     report = run.export_report()
     if not report:
         return f"<code>petal export {_e(str(run.path))}</code> converts it to LiteRT, each variant checked against this model."
-    passed = [v for v in report["variants"] if v["passed"]]
-    if not passed:
+    recommended = run.recommended_model()
+    if recommended is None:
         return "no LiteRT variant passed the parity gate: see Export."
-    smallest = min(passed, key=lambda v: v["file_bytes"])
-    return (f"<code>petal serve {_e(smallest['path'])}</code> to try it on photos, or <code>petal evaluate {_e(str(run.path))} "
+    return (f"<code>petal serve {_e(recommended)}</code> (the fastest variant that passed the gate) to try it on photos, or <code>petal evaluate {_e(str(run.path))} "
             f"--data DIR</code> on photos from elsewhere.")
 
 
