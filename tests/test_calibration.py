@@ -46,7 +46,7 @@ def test_a_prediction_below_the_threshold_says_not_sure_with_its_top_two():
 
 
 def test_a_damaged_calibration_is_one_error_naming_the_file():
-    with pytest.raises(ModelFileError, match=r"model.tflite: calibration needs a positive temperature"):
+    with pytest.raises(ModelFileError, match=r"model.tflite: calibration temperature must be a number in 0.018"):
         Calibration.from_dict({"temperature": -1.0, "threshold": 0.5}, "model.tflite")
     assert Calibration.from_dict(None) == Calibration()  # exported before calibration existed: always sure
 
@@ -62,8 +62,8 @@ def test_training_fits_the_calibration_and_the_tflite_carries_it(tmp_path):
 
 
 def test_calibrate_reports_coverage_and_accuracy_when_sure():
-    logits = np.array([[4.0, 0.0], [3.0, 0.0], [0.2, 0.0], [0.1, 0.0]])
-    calibration = calibrate(logits, np.array([0, 0, 1, 0]), target=1.0)
+    logits = np.tile(np.array([[4.0, 0.0], [3.0, 0.0], [0.2, 0.0], [0.1, 0.0]]), (8, 1))  # 32 images: enough to calibrate
+    calibration = calibrate(logits, np.tile([0, 0, 1, 0], 8), target=1.0)
     assert calibration.coverage == 0.5 and calibration.accuracy_when_sure == 1.0
 
 
@@ -76,3 +76,17 @@ def test_by_default_sure_predictions_make_half_the_mistakes():
     accuracy = float((logits.argmax(1) == labels).mean())
     assert calibration.target_precision == pytest.approx(1 - (1 - accuracy) / 2, abs=1e-6)
     assert calibration.accuracy_when_sure >= calibration.target_precision and 0 < calibration.coverage < 1
+
+
+@pytest.mark.parametrize("values", [{"temperature": "2", "threshold": 0.5}, {"temperature": 1e-320, "threshold": 0.5},
+                                    {"temperature": 1e308, "threshold": 0.5}, {"temperature": 1.0, "threshold": "0.5"},
+                                    {"temperature": 1.0, "threshold": 5}, {"temperature": 1.0}, [1.0, 0.5], "calibrated",
+                                    {"temperature": 1.0, "threshold": 0.5, "coverage": "abc"}, {"temperature": True, "threshold": 0.5}])
+def test_a_calibration_a_fit_cannot_give_is_refused_in_one_line(values):
+    with pytest.raises(ModelFileError, match=r"^model.tflite: "):
+        Calibration.from_dict(values, "model.tflite")
+
+
+def test_too_few_validation_images_are_not_calibrated_to_noise():
+    calibration = calibrate(np.array([[3.0, 0.0]] * 5), np.array([1, 1, 1, 1, 1]))
+    assert (calibration.temperature, calibration.threshold, calibration.images) == (1.0, 0.0, 5)

@@ -447,6 +447,10 @@ def test_kind8_odd_class_and_file_names_round_trip_through_the_run_folder_and_an
     odd_file = os.fsencode(data / names[0]) + b"/\xff\xfe.png"
     with open(odd_file, "wb") as f:
         f.write((data / names[0] / "img_0.png").read_bytes())
+    undecodable_class = os.fsdecode(b"\xff\xfecls")  # a class folder whose name is not UTF-8: drawn escaped in the PNGs
+    for i in range(3):
+        make_image(data / undecodable_class / f"img_{i}.png", (20, 20, 200), seed=90 + i)
+    names.append(undecodable_class)
 
     ascii_console = {**os.environ, "PYTHONIOENCODING": "ascii"}
     result = subprocess.run([PETAL, "data", str(data), "--grid", str(tmp_path / "g.png")], capture_output=True, text=True,
@@ -644,3 +648,37 @@ def test_kind13_a_damaged_record_of_the_run_folder_is_one_line_naming_it(finishe
     assert main(["report", str(run)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"petal: error: {run / record}: ") and ("JSON" in line)
+
+
+@pytest.mark.parametrize("record, damage", [("labels.txt", b""), ("labels.txt", b"only-one\n"), ("labels.txt", b"a\na\n"),
+                                            ("history.csv", b"epoch,loss\n1,x\n"), ("history.csv", b"garbage\n1\n"),
+                                            ("evaluation/keras/metrics.json", b'{"schema_version": 1}'),
+                                            ("export/report.json", b'{"schema_version": 1}')])
+def test_kind13_a_record_with_the_wrong_content_is_one_line_naming_it(finished_run, tmp_path, capsys, record, damage):
+    import shutil
+
+    from petal.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / record).parent.mkdir(parents=True, exist_ok=True)
+    (run / record).write_bytes(damage)
+    assert main(["report", str(run)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"petal: error: {run / record}: ")
+
+
+def test_kind13_resuming_over_a_damaged_history_is_one_line(finished_run, tmp_path, capsys):
+    import shutil
+
+    from petal.cli import main
+    from petal.run_folder import RunFolder
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "history.csv").write_bytes(b"")
+    config = RunFolder(run).config()
+    args = ["train", config.data_dir, "--model", "tutorial", "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
+            "--image-size", *map(str, config.image_size), "--cache-dir", config.cache_dir, "--out", str(run), "--resume"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"petal: error: {run / 'history.csv'}: damaged")

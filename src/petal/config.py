@@ -227,7 +227,10 @@ class TrainConfig:
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         from petal.run_folder import read_json  # here: run_folder imports this module
 
-        return cls.from_dict(read_json(path))
+        try:
+            return cls.from_dict(read_json(path))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
 
 EXPORT_VARIANTS = ("float32", "float16", "dynamic", "int8")

@@ -79,7 +79,11 @@ class RunFolder:
         self.require("labels.txt")
         # Split on "\n" only: str.splitlines() would also cut names at \r, \x85 or \u2028, which folder names may hold.
         text = self.labels_path.read_bytes().decode("utf-8", "surrogateescape")
-        return tuple(line for line in text.split("\n") if line)
+        names = tuple(line for line in text.split("\n") if line)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise RunFolderError(f"{self.labels_path}: damaged: expected two or more distinct class names, one per line "
+                                 f"(found {len(names)}, {len(set(names))} distinct); train again")
+        return names
 
     def split(self, subset: str) -> ImageFolder:
         """The run's 'train' or 'validation' file list, against the data folder it was trained on."""
@@ -93,10 +97,7 @@ class RunFolder:
         return {subset: self.split(subset) for subset in ("train", "validation", "test") if (self.path / "split" / f"{subset}.csv").exists()}
 
     def history(self) -> dict[str, list[float]]:
-        if not self.history_path.exists():
-            return {}
-        with open(self.history_path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = self.history_rows()
         return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
 
     def load_model(self):
@@ -153,8 +154,15 @@ class RunFolder:
         """history.csv as written, one dict of strings per epoch."""
         if not self.history_path.exists():
             return []
-        with open(self.history_path, newline="") as f:
-            return list(csv.DictReader(f))
+        try:
+            with open(self.history_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            for row in rows:
+                row["epoch"], row["loss"], row["val_accuracy"], [float(value) for value in row.values()]
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise RunFolderError(f"{self.history_path}: damaged ({type(exc).__name__}: {exc}); it cannot be resumed or reported: "
+                                 "train again into a new --out") from None
+        return rows
 
     def state(self) -> dict:
         """checkpoint/state.json: epochs done, the last checkpoint's file name, the best epoch so far."""
@@ -201,11 +209,14 @@ class RunFolder:
 
     def evaluations(self) -> list[tuple[str, dict]]:
         """(name, metrics.json) of every evaluation/NAME/ folder, by name."""
-        return [(path.parent.name, read_json(path)) for path in sorted((self.path / "evaluation").glob("*/metrics.json"))]
+        found = []
+        for path in sorted((self.path / "evaluation").glob("*/metrics.json")):
+            found.append((path.parent.name, _with_keys(path, read_json(path), EVALUATION_KEYS)))
+        return found
 
     def export_report(self) -> dict | None:
         path = self.export_dir / "report.json"
-        return read_json(path) if path.exists() else None
+        return _with_keys(path, read_json(path), EXPORT_KEYS) if path.exists() else None
 
 
 def remove_stale(path: Path) -> None:
@@ -213,6 +224,18 @@ def remove_stale(path: Path) -> None:
     if path.exists():
         path.unlink()
         log.info("removed %s: it no longer matches this export", path)
+
+
+# What the report reads of petal evaluate's metrics.json and petal export's report.json.
+EVALUATION_KEYS = ("model", "data", "images", "accuracy", "top_k", "top_k_accuracy", "expected_calibration_error", "per_class")
+EXPORT_KEYS = ("images", "keras_accuracy", "keras_file_bytes", "variants")
+
+
+def _with_keys(path: Path, values: dict, keys: tuple[str, ...]) -> dict:
+    missing = [key for key in keys if key not in values]
+    if missing:
+        raise RunFolderError(f"{path}: damaged: {', '.join(missing)} missing; run the command that wrote it again")
+    return values
 
 
 def read_json(path: str | os.PathLike) -> dict:

@@ -24,7 +24,9 @@ import numpy as np
 
 from petal.errors import ModelFileError
 
-_LOG_T_RANGE = (-4.0, 4.0)  # T in [0.018, 55]: far beyond any fitted value
+_LOG_T_RANGE = (-4.0, 4.0)  # the fit's search: T in [0.018, 55]
+TEMPERATURE_RANGE = (math.exp(_LOG_T_RANGE[0]) * 0.999, math.exp(_LOG_T_RANGE[1]) * 1.001)  # what a file may hold
+MIN_IMAGES = 25  # fewer validation images: no calibration (temperature 1, always sure) rather than a fit to noise
 
 
 @dataclass(frozen=True)
@@ -58,21 +60,30 @@ class Calibration:
         """None (a model exported before calibration existed): temperature 1, always sure.
 
         Raises:
-            ModelFileError: a temperature that is not a positive finite number or a threshold outside 0..1.
+            ModelFileError: not an object; a temperature that is not a number in the range a fit can give
+                (TEMPERATURE_RANGE); a threshold that is not a number in 0..1; another field of the wrong type.
         """
         if values is None:
             return cls()
-        if not isinstance(values, dict):
-            raise ModelFileError(f"{name}: the calibration is not a JSON object")
-        try:
-            calibration = cls(**{k: values[k] for k in asdict(cls()) if k in values})
-            temperature, threshold = float(calibration.temperature), float(calibration.threshold)
-        except (TypeError, ValueError) as exc:
-            raise ModelFileError(f"{name}: the calibration is not readable ({exc})") from None
-        if not (math.isfinite(temperature) and temperature > 0 and 0.0 <= threshold <= 1.0):
-            raise ModelFileError(f"{name}: calibration needs a positive temperature and a threshold in 0..1. "
-                                 f"Received: temperature={calibration.temperature!r}, threshold={calibration.threshold!r}")
-        return calibration
+        if not isinstance(values, dict) or "temperature" not in values or "threshold" not in values:
+            raise ModelFileError(f"{name}: the calibration must be an object with a temperature and a threshold")
+
+        def number(key: str, low: float, high: float, optional: bool = False) -> float | None:
+            value = values.get(key)
+            if optional and value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # NaN fails too
+                raise ModelFileError(f"{name}: calibration {key} must be a number in {low:g}..{high:g}. Received: {key}={value!r}")
+            return float(value)
+
+        low, high = TEMPERATURE_RANGE
+        images = values.get("images", 0)
+        if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+            raise ModelFileError(f"{name}: calibration images must be a whole number >= 0. Received: images={images!r}")
+        return cls(temperature=number("temperature", low, high), threshold=number("threshold", 0.0, 1.0),
+                   target_precision=number("target_precision", 0.0, 1.0, optional=True), images=images,
+                   coverage=number("coverage", 0.0, 1.0, optional=True) if "coverage" in values else 1.0,
+                   accuracy_when_sure=number("accuracy_when_sure", 0.0, 1.0, optional=True))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -121,8 +132,10 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float)
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, target: float | None = None) -> Calibration:
     """Temperature and threshold from validation logits (N, classes) and labels (N,); `target` precision
-    (default: halved_error_target of the accuracy)."""
+    (default: halved_error_target of the accuracy). Below MIN_IMAGES images: none (always sure)."""
     labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) < MIN_IMAGES:
+        return Calibration(images=len(labels))
     temperature = fit_temperature(logits, labels)
     probabilities = Calibration(temperature).probabilities(logits)
     confidence = probabilities.max(axis=1)

@@ -92,8 +92,9 @@ class Predictor:
         if meta is None:
             raise RunFolderError(f"{path}: this .tflite carries no petal metadata (labels, preprocessing); export it with `petal export`")
         try:
-            interpreter = Interpreter(model_content=data, num_threads=num_threads)
-            inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+            with native_log_silenced():  # LiteRT's notices, on the error paths too
+                interpreter = Interpreter(model_content=data, num_threads=num_threads)
+                inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
         except Exception as exc:  # LiteRT's verifier refuses damaged flatbuffers with ValueError/RuntimeError
             raise ModelFileError(f"{path}: LiteRT cannot load this model ({type(exc).__name__}: {_first_line(exc)})") from None
         if len(inputs) != 1 or len(outputs) != 1:
@@ -118,6 +119,8 @@ class Predictor:
         run = RunFolder(path)
         config = run.config()
         model = run.load_model()
+        if model.output_shape[-1] != len(run.class_names()):
+            raise RunFolderError(f"{run.labels_path}: names {len(run.class_names())} classes, model.keras has {model.output_shape[-1]} outputs")
         calibration = Calibration.from_dict(run.record("calibration") or None, str(run / "calibration.json"))
         return cls(model.predict_on_batch, run.class_names(), config.image_size, config.max_pixels,
                    f"Keras {path}", calibration)

@@ -370,7 +370,11 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
             log.info("%s: no epoch had been recorded; starting the run again", run.path)
             return make_split(config), 0
         split = Split(run.split("train"), run.split("validation"), "recorded", config.val_split, config.seed)
-        return split, run.state()["epochs_done"]
+        done = run.state()["epochs_done"]
+        if len(run.history_rows()) < done:
+            raise RunFolderError(f"{run.history_path}: damaged: {len(run.history_rows())} epochs recorded, checkpoint/state.json "
+                                 f"says {done}; train again into a new --out")
+        return split, done
     if run.path.exists() and any(run.path.iterdir()):
         raise RunFolderError(
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"

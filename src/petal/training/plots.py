@@ -18,6 +18,12 @@ from matplotlib.ticker import MaxNLocator
 from petal import atomic
 
 
+def drawable(text: str) -> str:
+    """`text` as matplotlib can draw it: names that are not valid UTF-8 (kept as surrogate escapes, see
+    petal.data.index) are shown escaped, e.g. '\\xff\\xfecls', instead of crashing the text renderer."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, columns: int = 3) -> None:
     """A grid of uint8 (or 0..255 float) images with a title over each, like the tutorial's 3x3 plots."""
     rows = max(1, -(-len(images) // columns))
@@ -25,7 +31,7 @@ def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: s
     for i, (image, title) in enumerate(zip(images, titles)):
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-        ax.set_title(title, fontsize=11)
+        ax.set_title(drawable(title), fontsize=11)
         ax.axis("off")
     fig.tight_layout()
     _save(fig, path)
@@ -45,7 +51,7 @@ def save_curves(history: dict[str, list[float]], path: str | os.PathLike, title:
         ax.legend(loc="lower right" if metric == "accuracy" else "upper right")
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(drawable(title))
     fig.tight_layout()
     _save(fig, path)
 
@@ -62,8 +68,8 @@ def save_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
         for (i, j), value in np.ndenumerate(values):
             ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=8,
                     color="white" if normalised[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-        ax.set_yticks(range(len(class_names)), class_names)
+        ax.set_xticks(range(len(class_names)), [drawable(n) for n in class_names], rotation=45, ha="right")
+        ax.set_yticks(range(len(class_names)), [drawable(n) for n in class_names])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title)

@@ -18,6 +18,7 @@ import numpy as np
 
 from petal import atomic
 from petal.run_folder import RunFolder
+from petal.runtime.calibration import Calibration
 
 STYLE = """
 *{box-sizing:border-box}
@@ -87,7 +88,8 @@ def wilson_interval(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def _result_section(run: RunFolder, config: dict) -> str:
-    validation, calibration = run.record("validation"), run.record("calibration")
+    validation = run.record("validation")
+    calibration = Calibration.from_dict(run.record("calibration") or None, str(run / "calibration.json"))
     size = "x".join(map(str, config["image_size"]))
     headline = f"Model <b>{_e(config['model'])}</b> ({size} pixels) on <code>{_e(config['data_dir'])}</code>: "
     if not validation:
@@ -105,10 +107,10 @@ def _result_section(run: RunFolder, config: dict) -> str:
     pairs = [(int(confusion.flat[i]), names[i // len(names)], names[i % len(names)]) for i in order if confusion.flat[i] > 0]
     if pairs:
         lines.append("<p>Most confused: " + "; ".join(f"{_e(true)} taken for {_e(taken)} ({count})" for count, true, taken in pairs) + ".</p>")
-    if calibration and calibration.get("threshold", 0) > 0:
-        sure = calibration.get("accuracy_when_sure")
-        lines.append(f"<p>Below a calibrated confidence of {100 * calibration['threshold']:.0f}% a prediction says <i>not sure</i>: "
-                     f"{100 * calibration['coverage']:.0f}% of the validation images are above it"
+    if calibration.threshold > 0:
+        sure = calibration.accuracy_when_sure
+        lines.append(f"<p>Below a calibrated confidence of {100 * calibration.threshold:.0f}% a prediction says <i>not sure</i>: "
+                     f"{100 * calibration.coverage:.0f}% of the validation images are above it"
                      + (f", {100 * sure:.1f}% of those right" if sure is not None else "") + ".</p>")
     lines.append(f"<p>Next: {_next_step(run)}</p>")
     if run.record("diagnosis"):
