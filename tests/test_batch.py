@@ -45,6 +45,7 @@ def read_output(out: Path) -> list[dict]:
     return pq.read_table(str(out)).to_pylist()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_every_file_exactly_once_and_equal_to_petal_predict(model_and_photos, tmp_path):
     model, photos = model_and_photos
     out = tmp_path / "out"

@@ -59,6 +59,7 @@ def not_on_loopback(seen) -> dict:
     return {key: sockets for key, sockets in seen.items() if any(address != "127.0.0.1" for address, _ in sockets)}
 
 
+@pytest.mark.slow
 def test_every_socket_of_a_local_cluster_listens_on_loopback_during_predict_batch(tmp_path):
     model = exported_tiny_run(tmp_path) / "export" / "model-float32.tflite"
     for i in range(60):

@@ -26,6 +26,7 @@ def assert_exports_and_predicts(run: Path, image: Path) -> None:
     assert predicted.returncode == 0 and "  top 3: " in predicted.stdout  # sure or not, it predicted
 
 
+@pytest.mark.slow
 def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=12)
     run = tmp_path / "run"
@@ -41,6 +42,7 @@ def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder(tmp_path):
     assert_exports_and_predicts(run, data / "red" / "img_000.jpg")
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=12)
     run = tmp_path / "run"
@@ -61,6 +63,7 @@ train(TrainConfig({str(data)!r}, "tutorial", epochs=1, batch_size=4, image_size=
     assert_exports_and_predicts(run, data / "blue" / "img_000.jpg")
 
 
+@pytest.mark.slow
 def test_an_unreachable_cluster_or_too_many_workers_fail_in_one_line_and_write_nothing(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=4)
     started = time.time()

@@ -58,6 +58,7 @@ def leftovers(*folders: Path) -> list[Path]:
     pytest.param("config.json", marks=pytest.mark.slow), "train.csv",
     pytest.param("shard-*.json", marks=pytest.mark.slow), "epoch-0001.keras",
 ])
+@pytest.mark.slow
 def test_a_train_killed_at_a_write_point_resumes_with_the_command_its_message_names(tmp_path, write_point):
     data = make_folder(tmp_path / "photos", per_class=6)
     run = tmp_path / "run"
@@ -127,6 +128,7 @@ def test_a_decode_cache_killed_mid_shard_gives_the_same_pixels_and_leaves_nothin
     assert not leftovers(tmp_path / "killed")
 
 
+@pytest.mark.slow
 def test_an_export_killed_while_writing_leaves_no_half_file_in_the_run_or_the_temporary_folder(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=6)
     run = tmp_path / "run"

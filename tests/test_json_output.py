@@ -53,6 +53,7 @@ def test_train_export_evaluate_and_predict_print_documented_json(capsys, tmp_pat
     assert [p["source"] for p in predicted["predictions"]] == [str(photo)] and predicted["errors"][0]["source"].endswith("missing.jpg")
 
 
+@pytest.mark.slow  # a Ray cluster of its own; predict-batch's output itself is tested in test_batch.py
 def test_predict_batch_prints_documented_json(capsys, exported, tmp_path):
     tflite = exported / "export" / "model-float32.tflite"
     result = run_json(capsys, ["predict-batch", str(tflite), str(exported.parent / "photos"), "--out", str(tmp_path / "out"), "--workers", "1"])

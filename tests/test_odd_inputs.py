@@ -239,6 +239,7 @@ def test_kind10_resume_from_an_unloadable_checkpoint_is_a_run_folder_error(tmp_p
     (run / "checkpoint" / "epoch-1.keras").write_bytes(unloadable_keras_files["lambda"])
     (run / "checkpoint" / "state.json").write_text(json.dumps({"epochs_done": 1, "model": "epoch-1.keras", "best_epoch": 1,
                                                                "best_val_accuracy": 0.5}))
+    (run / "history.csv").write_text("epoch,accuracy,loss,val_accuracy,val_loss,seconds\n1,0.5,0.7,0.5,0.7,1.0\n")
     config = TrainConfig.load(run / "config.json")
     with pytest.raises(ModelFileError, match=r"epoch-1\.keras: Keras cannot load this model"):
         train(config, run, resume=True, verbose=0)
@@ -380,7 +381,10 @@ def test_kind12_the_export_gate_counts_exactly_what_evaluate_and_predict_report(
         __call__ = staticmethod(_tied_logits)
 
     monkeypatch.setattr(parity, "litert_runner", lambda tflite, num_threads=None: Runner())
-    keras_accuracy, [report] = parity.compare_with_keras(_tied_logits, {"int8": b""}, _TiedRows(), ExportConfig())
+    class Model:
+        predict_on_batch = staticmethod(_tied_logits)
+
+    keras_accuracy, [report] = parity.compare_with_keras(Model(), {"int8": b""}, _TiedRows(), ExportConfig())
 
     predictor = fake_predictor(classes=("a", "b", "c"))
     predictor._logits = _tied_logits
@@ -411,6 +415,7 @@ def test_kind12_predict_prints_a_tie_as_a_tie(tmp_path):
 # === 9. Numeric options are range-checked before anything is written ===
 
 
+@pytest.mark.slow
 def test_kind9_a_negative_seed_is_one_line_and_writes_nothing(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=3)
     for flags in (["--seed", "-1"], ["--train-seed", str(2**32)], ["--learning-rate", "nan"], ["--val-split", "1.5"]):

@@ -68,6 +68,7 @@ def test_atomic_write_replaces_the_old_file_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
 
 
+@pytest.mark.slow
 def test_deterministic_runs_with_the_same_seed_have_the_same_history(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=10)
     histories = []

@@ -43,7 +43,7 @@ def test_predict_answers_with_the_top_three_classes(tflite, photo):
 def test_the_page_offers_a_file_picker_and_names_the_classes(tflite):
     page = TestClient(create_app(tflite)).get("/")
     assert page.status_code == 200
-    assert 'type=file accept="image/*"' in page.text and "blue, green, red" in page.text
+    assert 'type=file accept="image/*"' in page.text and "<li>blue</li><li>green</li><li>red</li>" in page.text
 
 
 @pytest.mark.parametrize("upload, status, message", [

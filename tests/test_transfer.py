@@ -91,6 +91,7 @@ def test_second_identical_run_computes_no_embeddings(tmp_path, weights_file, cap
     assert json.loads((second / "timings.json").read_text())["embeddings"] < 5 and len(second.history()["val_accuracy"]) == 8
 
 
+@pytest.mark.slow
 def test_other_weights_are_other_embeddings(tmp_path, weights_file, caplog):
     data = make_folder(tmp_path / "photos", per_class=6)
     train(transfer_config(data, weights_file), tmp_path / "a", verbose=0)

@@ -178,7 +178,7 @@ def test_demo_runs_the_whole_workflow_on_the_bundled_sample(tmp_path):
     for step in ("== 1/4 data", "== 2/4 train", "== 3/4 export", "== 4/4 predict"):
         assert step in result.stdout
     assert re.search(r"^Validation accuracy: \d\.\d{4} on 60 photos", result.stdout, re.M)
-    assert result.stdout.count("percent confidence.") == 3
+    assert result.stdout.count("  top 3: ") == 3  # three predictions, each "most likely ..." or "not sure: ..."
     export = tmp_path / "demo-run" / "export"
     report = json.loads((export / "report.json").read_text())
     assert [v["variant"] for v in report["variants"]] == ["float32", "float16", "dynamic", "int8"]
