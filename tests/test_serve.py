@@ -1,5 +1,6 @@
 """`petal serve`: the page and POST /predict, on the light runtime."""
 
+import contextlib
 import io
 import json
 import shutil
@@ -10,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import CLASS_COLOURS, PETAL, exported_tiny_run, make_image
@@ -259,17 +261,24 @@ def test_the_live_server_answers_bad_uploads_with_4xx_and_keeps_serving(server, 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_a_person_picks_a_photo_and_sees_the_top_three(server, photo, tmp_path):
+    with phone_page(server, photo) as page:
+        page.wait_for_selector("#headline", timeout=30_000)
+        assert page.inner_text("#headline").startswith("Most likely red, ")
+        assert page.locator(".bar").count() == 3
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+
+
+@contextlib.contextmanager
+def phone_page(server: str, upload: Path):
+    """The page in headless Chromium at 390 px, `upload` picked."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(server)
-        page.set_input_files("#file", str(photo))
-        page.wait_for_selector("#headline", timeout=30_000)
-        assert page.inner_text("#headline").startswith("Most likely red, ")
-        assert page.locator(".bar").count() == 3
-        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        page.set_input_files("#file", str(upload))
+        yield page
         browser.close()
 
 
@@ -310,16 +319,9 @@ def test_the_page_holds_its_layout_from_a_small_phone_to_a_wide_desktop(server, 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_a_file_that_is_not_an_image_gets_its_error_and_no_broken_preview(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     notes = tmp_path / "notes.jpg"
     notes.write_text("a shopping list, not a photo")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 390, "height": 844})
-        page.goto(server)
-        page.set_input_files("#file", str(notes))
+    with phone_page(server, notes) as page:
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
         assert page.inner_text("#error").startswith("notes.jpg: not an image")
         assert not page.locator("#preview").is_visible()
-        browser.close()
