@@ -166,3 +166,14 @@ def test_without_a_supported_interpreter_make_says_in_one_line_which_to_install(
     result = make("python", f"PYTHON={tmp_path / 'bin' / 'python3'}", env=env)
     (line,) = result.stderr.strip().splitlines()
     assert line.endswith(f"PYTHON={tmp_path / 'bin' / 'python3'} does not run: petal needs 3.11, 3.12 or 3.13 (not free-threaded); install one and pass it as PYTHON.  Stop.")
+
+
+def test_every_package_data_pattern_names_files_that_exist_so_the_wheel_carries_them():
+    import tomllib
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, patterns in package_data.items():
+        folder = REPO / "src" / package.replace(".", "/")
+        assert folder.is_dir(), f"package-data names {package}, which is not a package folder"
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"{package}: {pattern} matches nothing, so the wheel would lack it"
