@@ -154,7 +154,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                 _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose, callbacks)
         if config.early_stopping:
             model = recorder.best_model()
-    return finish(run, config, model, num_classes, timings, data.skipped, time.perf_counter() - started)
+    return finish(run, config, model, num_classes, timings, data.skipped, time.perf_counter() - started, data.validation)
 
 
 def check_model_settings(config: TrainConfig):
@@ -208,17 +208,20 @@ def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replic
 
 
 def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: dict,
-           skipped: dict[str, str], seconds: float | None = None) -> TrainResult:
+           skipped: dict[str, str], seconds: float | None = None, validation: CachedRows | None = None) -> TrainResult:
     """What every way of training ends with: model.keras (float32, uncompiled), its calibration on the
-    validation split (petal.runtime.calibration), timings, curves, diagnosis, report."""
+    validation split (petal.runtime.calibration), timings, curves, diagnosis, report. `validation`: the
+    split's rows when the caller has them already (else read from the decode cache)."""
     saved = _inference_copy(model, config, num_classes)
     with atomic.atomic_path(run.model_path) as tmp:
         saved.save(tmp)
-    validation = decode_cache(config).load(run.split("validation"))
+    if validation is None:
+        validation = decode_cache(config).load(run.split("validation"))
     logits = predict_logits(saved, validation, config.batch_size)
+    predicted = logits.argmax(1)
     run.write_record("calibration", calibrate(logits, validation.labels).to_dict())
-    run.write_record("validation", {"images": len(validation), "accuracy": float(np.mean(logits.argmax(1) == validation.labels)),
-                                    "confusion": confusion_matrix(validation.labels, logits.argmax(1), num_classes).tolist()})
+    run.write_record("validation", {"images": len(validation), "accuracy": float(np.mean(predicted == validation.labels)),
+                                    "confusion": confusion_matrix(validation.labels, predicted, num_classes).tolist()})
     run.write_record("environment", {**environment(), "seconds": None if seconds is None else round(seconds, 1)})
     run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
