@@ -51,13 +51,15 @@ def main():
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    saved = args.out / "results.json"  # parts skipped keep their last results
+    results = {**(json.loads(saved.read_text()) if saved.exists() else {}), "machine": machine(),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     skip = set(args.skip.split(","))
     if "noise" not in skip:
         results["noise"] = label_noise(args)
     if "untouched" not in skip:
         results["untouched"] = untouched(args)
-    if "noise" in results and "untouched" in results:
+    if not {"noise", "untouched"} & skip:
         # flower_photos files some photos wrongly itself (DATA-DOCTOR.md judges its top 30): those rank among the
         # noisy copy's top findings too, beside the moved ones. Recall again with them set aside.
         preexisting = {row[0] for row in results["untouched"]["top30"]}
@@ -231,7 +233,9 @@ def make_copies(data: Path, target: Path) -> list[tuple[str, str, str]]:
 
 def near_copies(args) -> dict:
     from petal.data.index import ImageFolder, index_folder
-    from petal.training.label_issues import difference_hashes, embed
+    from cleanlab.outlier import OutOfDistribution
+
+    from petal.training.label_issues import NEIGHBOURS, difference_hashes, embed, near_copy_pairs
     from petal.training.plots import save_image_grid
 
     target = args.work / "copies"
@@ -263,6 +267,20 @@ def near_copies(args) -> dict:
     for r in HAMMING:
         found = {how: sum(1 for c, _, h in made if h == how and copy_hamming[c] <= r) for how in ("q60", "half", "crop5")}
         hamming_table.append({"hamming_at_most": r, **found, "pairs_of_originals": int(((bits <= r) & upper).sum())})
+    # the rule petal applies (petal.training.label_issues.near_copy_pairs) on the nearest-neighbour graph it builds
+    ood = OutOfDistribution(params={"k": NEIGHBOURS})
+    ood.fit_score(features=features, verbose=False)
+    started = time.perf_counter()
+    linked = {(min(i, j), max(i, j)) for i, j, _, _ in near_copy_pairs(images, features, *ood.params["knn"].kneighbors())}
+    rule_seconds = time.perf_counter() - started
+    found = {how: sum(1 for c, o, h in made if h == how and tuple(sorted((row_of[c], row_of[o]))) in linked) for how in ("q60", "half", "crop5")}
+    original_rows = set(originals)
+    linked_originals = sorted((images.paths[i], images.paths[j]) for i, j in linked if i in original_rows and j in original_rows)
+    rule = {"rule": "petal's (near_copy_pairs)", **found, "pairs_of_originals": len(linked_originals), "seconds": round(rule_seconds, 1),
+            "pairs": linked_originals}
+    if linked_originals:
+        pictures = images.gather(np.array([row_of[p] for pair in linked_originals[:40] for p in pair]))
+        save_image_grid(pictures, [p for pair in linked_originals[:40] for p in pair], args.out / "near-copy-pairs-petal-rule.png", columns=4)
     order = np.argsort(distance[pair_i, pair_j])
     pairs = [[images.paths[originals[pair_i[k]]], images.paths[originals[pair_j[k]]], round(float(distance[pair_i[k], pair_j[k]]), 4),
               int(bits[pair_i[k], pair_j[k]])] for k in order]
@@ -271,10 +289,12 @@ def near_copies(args) -> dict:
         pictures = images.gather(np.array([row_of[p] for a, b, _, _ in shown for p in (a, b)]))
         titles = [f"{p}\n{d:.3f} / {h} bits" for a, b, d, h in shown for p in (a, b)]
         save_image_grid(pictures, titles, args.out / "near-copy-pairs-of-originals.png", columns=4)
-    result = {"copies": len(made), "table": table, "hamming_table": hamming_table, "pairs_of_originals": pairs,
+    result = {"copies": len(made), "petal_rule": rule, "table": table, "hamming_table": hamming_table, "pairs_of_originals": pairs,
               "worst_copy_distance": {how: round(max(copy_distance[c] for c, _, h in made if h == how), 4) for how in ("q60", "half", "crop5")},
               "worst_copy_hamming": {how: max(copy_hamming[c] for c, _, h in made if h == how) for how in ("q60", "half", "crop5")}}
     print(f"near copies: {json.dumps({k: v for k, v in result.items() if k != 'pairs_of_originals'})}")
+    print("petal's rule found: " + ", ".join(f"{how} {found[how]} of {COPIES}" for how in found)
+          + f"; pairs of originals linked: {len(linked_originals)} ({rule_seconds:.1f} s)")
     return result
 
 

@@ -80,6 +80,32 @@ def test_a_re_encoded_copy_is_a_near_duplicate_with_its_distance_and_an_odd_imag
     assert paths_of(found.findings, "outlier") == {"red/checkerboard.png"}
 
 
+def test_a_cropped_copy_is_found_by_matching_crops_where_its_hash_and_embedding_differ(messy, tmp_path):
+    from petal.training.label_issues import find_issues
+
+    photos = shutil.copytree(messy, tmp_path / "photos")
+    Image.open(photos / "red" / "img_005.png").crop((3, 3, 64, 64)).save(photos / "red" / "copy_crop5.png")  # 5% off two edges
+    found = find_issues(load_split(photos), cache_dir=tmp_path / "cache", backbone=tiny_backbone(), near_duplicate_distance=0.0)
+    near = {f.path: f for f in found.findings if f.kind == "near-duplicate-within-class"}
+    assert near["red/img_005.png"].hash_bits > 3  # the hash rule alone misses it
+    assert set(near) == {"green/img_003.png", "red/img_005.png"}
+
+
+def test_a_crop_matches_its_photo_and_another_photo_does_not(messy):
+    from petal.training.label_issues import CROP_MATCH, crop_match
+
+    photo = np.asarray(Image.open(messy / "red" / "img_005.png").resize((224, 224)))
+    rows = np.stack([photo, np.asarray(Image.fromarray(photo).crop((11, 11, 224, 224)).resize((224, 224))),
+                     np.asarray(Image.open(messy / "red" / "img_006.png").resize((224, 224)))])
+    class InMemory:  # CachedRows' one method crop_match reads
+        def gather(self, positions):
+            return rows[positions]
+
+    matches = crop_match(InMemory(), [(0, 1), (1, 0), (0, 2)])
+    assert matches[0] == matches[1] >= CROP_MATCH
+    assert matches[2] < CROP_MATCH
+
+
 def test_findings_join_the_doctors_report_and_its_json_by_path(found, messy):
     from petal.training.label_issues import merge
 

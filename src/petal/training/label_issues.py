@@ -18,8 +18,10 @@ Uncertainty in Dataset Labels", JAIR 70, 2021), through the cleanlab library:
    its 10 nearest neighbours); an image beyond Q3 + 1.7 IQR of that distance (cleanlab Datalab's default
    rule) is an outlier.
 5. Near copies are pairs of different files whose embeddings lie within NEAR_DUPLICATE_DISTANCE (cosine,
-   on the same nearest-neighbour graph: some crops) or whose 64-bit difference hashes (the doctor's) differ
-   in at most HASH_RADIUS bits with embeddings within HASH_CONFIRM_DISTANCE (re-encoded and resized copies);
+   on the same nearest-neighbour graph), or whose 64-bit difference hashes (the doctor's) differ in at most
+   HASH_RADIUS bits with embeddings within HASH_CONFIRM_DISTANCE (re-encoded and resized copies), or whose
+   embeddings lie within CROP_CANDIDATE_DISTANCE and one of which matches a crop of the other (`crop_match`,
+   at least CROP_MATCH: cropped copies, which move the hash and the embedding as far as another shot would);
    the thresholds and their measured precision and recall are in docs/DATA-DOCTOR.md (benchmarks/label_issues.py).
 
 The findings join the data doctor's (petal.data.doctor) by path, with kinds `label-issue`, `outlier` and
@@ -33,6 +35,7 @@ cleanlab and scikit-learn (the [train] extra) and Keras are imported only inside
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -59,6 +62,8 @@ FILTER_BY = "both"  # cleanlab's prune_by_noise_rate and prune_by_class together
 NEAR_DUPLICATE_DISTANCE = 0.05  # cosine distance between embeddings (some crops) ...
 HASH_RADIUS = 3  # ... or differing bits of the 64-bit difference hashes (every re-encoded and resized copy) ...
 HASH_CONFIRM_DISTANCE = 0.35  # ... when their embeddings agree this far: the three hash coincidences measured were >= 0.357
+CROP_CANDIDATE_DISTANCE = 0.15  # ... or embeddings this close (every 5% crop measured: <= 0.137) ...
+CROP_MATCH = 0.98  # ... and one matches a crop of the other this well (crop_match; every 5% crop: >= 0.987)
 NEIGHBOURS = 10  # cleanlab's default k for outliers and near duplicates
 OUTLIER_IQR_SCALE = 1 / 0.37037 - 1  # cleanlab Datalab's default for features: Q3 + 1.7 IQR of the mean distance
 CONTACT_SHEET_LIMIT = 48
@@ -161,8 +166,7 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
     pred_probs = out_of_sample_probabilities(features, labels, folds=folds, seed=seed)
     timings["cross_validation"] = time.perf_counter() - started
     started = time.perf_counter()
-    issues = _find(folder.class_names, images.paths, labels, pred_probs, features, difference_hashes(images), images.keys, sides,
-                   near_duplicate_distance, hash_radius)
+    issues = _find(folder.class_names, images, labels, pred_probs, features, sides, near_duplicate_distance, hash_radius)
     timings["cleanlab"] = time.perf_counter() - started
     findings, label_quality, outlier_scores = issues
     return LabelIssues(
@@ -222,13 +226,14 @@ def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, *, fol
     return cross_val_predict(head, features, labels, cv=folding, method="predict_proba")
 
 
-def _find(class_names, paths, labels, pred_probs, features, hashes, keys, sides, near_duplicate_distance, hash_radius):
+def _find(class_names, images, labels, pred_probs, features, sides, near_duplicate_distance, hash_radius):
     """cleanlab's label issues and outlier scores, and near copies on the same nearest-neighbour graph."""
     from cleanlab.filter import find_label_issues
     from cleanlab.outlier import OutOfDistribution
     from cleanlab.rank import get_label_quality_scores
     from scipy.stats import iqr
 
+    paths = images.paths
     quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
     flagged = find_label_issues(labels, pred_probs, filter_by=FILTER_BY, return_indices_ranked_by="self_confidence")
     suggested = pred_probs.argmax(1)
@@ -248,8 +253,7 @@ def _find(class_names, paths, labels, pred_probs, features, hashes, keys, sides,
                 paths[i], "outlier", f"mean cosine distance {mean_distance[i]:.3f} to its {NEIGHBOURS} nearest images "
                 f"(outlier score {outlier_scores[i]:.3f}; given {class_names[labels[i]]}, suggested {class_names[suggested[i]]})",
                 class_names[labels[i]], class_names[suggested[i]], float(outlier_scores[i]), float(mean_distance[i])))
-    findings += near_duplicates(paths, labels, class_names, keys, sides, features, hashes, distances, neighbours,
-                                near_duplicate_distance, hash_radius)
+    findings += near_duplicates(images, labels, class_names, sides, features, distances, neighbours, near_duplicate_distance, hash_radius)
     return findings, quality, outlier_scores
 
 
@@ -280,25 +284,72 @@ def hash_pairs(hashes: np.ndarray, radius: int, rows: int = 1024) -> tuple[np.nd
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_bits).astype(np.int64)
 
 
-def near_duplicates(paths: Sequence[str], labels: np.ndarray, class_names, keys: Sequence[str], sides: dict[str, str],
-                    features: np.ndarray, hashes: np.ndarray, distances: np.ndarray, neighbours: np.ndarray,
-                    threshold: float, radius: int) -> list[ScoredFinding]:
-    """`near-duplicate-*` findings for groups of files linked by pairs whose embeddings lie within `threshold`
-    (cosine, on the nearest-neighbour graph `distances`, `neighbours`: (N, k) from sklearn's `kneighbors()`) or
-    whose difference hashes differ in at most `radius` of 64 bits and whose embeddings lie within
-    HASH_CONFIRM_DISTANCE (two plain photos can share a hash). Byte-identical pairs (same content key) are
-    left to the doctor's exact `duplicate-*` findings."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def crop_match(images, pairs: Sequence[tuple[int, int]], side: int = 32) -> np.ndarray:
+    """float32 (P,): for each pair (i, j) of rows of `images` (CachedRows: `gather(positions)` gives uint8
+    (n, H, W, 3)), how well one image
+    matches the best crop of the other: the Pearson correlation of side x side grey thumbnails, the best over
+    crops taking up to 10% off each edge of either image (a 0.05 grid, then 0.025 around its best).
+    1.0: the same pixels; a 5% crop of a photo measured >= 0.987 against it, another photo rarely 0.98.
+    Image-registration by search, as in near-duplicate detection's geometric check, on thumbnails only."""
+    import tensorflow as tf
 
-    rows, cols = np.nonzero(distances < threshold)
+    def thumbnails(rows):  # antialiased first: crop_and_resize samples without it
+        grey = tf.reduce_mean(tf.cast(images.gather(np.asarray(rows)), tf.float32), -1, keepdims=True)
+        return tf.image.resize(grey, (2 * side, 2 * side), antialias=True)
+
+    def unit(x):
+        x = tf.reshape(x, [tf.shape(x)[0], -1])
+        x -= tf.reduce_mean(x, 1, keepdims=True)
+        return x / (tf.norm(x, axis=1, keepdims=True) + 1e-6)
+
+    def best(cropped, whole, margins):  # the best crop of `cropped` (1 image) against `whole`, and its margins
+        boxes = np.array([[top, left, 1 - bottom, 1 - right] for top, left, bottom, right in margins], np.float32)
+        crops = tf.image.crop_and_resize(cropped, boxes, tf.zeros(len(boxes), tf.int32), (side, side))
+        target = tf.image.crop_and_resize(whole, [[0.0, 0.0, 1.0, 1.0]], [0], (side, side))
+        scores = tf.squeeze(unit(crops) @ tf.transpose(unit(target)), 1).numpy()
+        return float(scores.max()), margins[int(scores.argmax())]
+
+    coarse = list(itertools.product((0.0, 0.05, 0.1), repeat=4))
+    matches = np.zeros(len(pairs), np.float32)
+    for k, (i, j) in enumerate(pairs):
+        a, b = tf.split(thumbnails([i, j]), 2)
+        for cropped, whole in ((a, b), (b, a)):
+            score, margin = best(cropped, whole, coarse)
+            fine = [m for m in itertools.product(*[(v - 0.025, v, v + 0.025) for v in margin]) if min(m) >= 0]
+            matches[k] = max(matches[k], score, best(cropped, whole, fine)[0])
+    return matches
+
+
+def near_copy_pairs(images, features: np.ndarray, distances: np.ndarray, neighbours: np.ndarray, threshold: float = NEAR_DUPLICATE_DISTANCE,
+                    radius: int = HASH_RADIUS) -> list[tuple[int, int, float, int]]:
+    """(i, j, cosine distance, differing hash bits) of every pair of rows i < j of `images` (CachedRows, decoded
+    uint8) that the rule of the module's point 5 calls near copies. `features`: (N, D) embeddings; `distances`,
+    `neighbours`: (N, k) cosine nearest-neighbour graph from sklearn's `kneighbors()`; `threshold`:
+    NEAR_DUPLICATE_DISTANCE; `radius`: HASH_RADIUS (-1: hashes unused). Byte-identical pairs (same content key)
+    are left out: they are the doctor's exact `duplicate-*` findings."""
+    hashes = difference_hashes(images)
+    rows, cols = np.nonzero(distances < max(threshold, CROP_CANDIDATE_DISTANCE))
     candidates = {tuple(sorted((int(i), int(neighbours[i, j])))) for i, j in zip(rows, cols)}
     flat = (hashes == 0) | (hashes == np.uint64(2**64 - 1))  # flat images all hash alike (as in petal.data.doctor)
     candidates |= {(int(i), int(j)) for i, j, _ in zip(*hash_pairs(hashes, radius)) if not (flat[i] or flat[j])}
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     pairs = [(i, j, float(1 - unit[i] @ unit[j]), int(np.bitwise_count(hashes[i] ^ hashes[j])))
-             for i, j in sorted(candidates) if keys[i] != keys[j]]
-    pairs = [(i, j, d, bits) for i, j, d, bits in pairs if d < threshold or d < HASH_CONFIRM_DISTANCE]
+             for i, j in sorted(candidates) if images.keys[i] != images.keys[j]]
+    close = [pair for pair in pairs if pair[2] < threshold or (pair[3] <= radius and pair[2] < HASH_CONFIRM_DISTANCE)]
+    unsure = [pair for pair in pairs if pair not in close and pair[2] < CROP_CANDIDATE_DISTANCE]
+    matches = crop_match(images, [(i, j) for i, j, _, _ in unsure]) if unsure else []
+    return close + [pair for pair, match in zip(unsure, matches) if match >= CROP_MATCH]
+
+
+def near_duplicates(images, labels: np.ndarray, class_names, sides: dict[str, str], features: np.ndarray,
+                    distances: np.ndarray, neighbours: np.ndarray, threshold: float, radius: int) -> list[ScoredFinding]:
+    """`near-duplicate-*` findings for the groups of files that `near_copy_pairs` links (same arguments;
+    `sides`: each path's side of the split)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    paths = images.paths
+    pairs = near_copy_pairs(images, features, distances, neighbours, threshold, radius)
     if not pairs:
         return []
     n = len(paths)
