@@ -478,6 +478,24 @@ def test_kind8_odd_class_and_file_names_round_trip_through_the_run_folder_and_an
     assert metrics["class_names"] == sorted(names)
 
 
+def test_kind8_a_file_name_holding_a_newline_or_an_escape_is_printed_escaped_on_its_one_line(tmp_path, finished_run):
+    data = make_folder(tmp_path / "photos", per_class=4)
+    odd = data / "red" / "two\nlines\x1b[31m.jpg"
+    odd.write_bytes(b"not an image")
+    result = subprocess.run([PETAL, "data", str(data), "--grid", str(tmp_path / "g.png")], capture_output=True, text=True,
+                            timeout=HANG_SECONDS)
+    finding = [line for line in result.stdout.splitlines() if "not-an-image:" in line]
+    assert finding == ["  not-an-image: red/two\\nlines\\x1b[31m.jpg  (not an image: Pillow cannot identify the file's format)"]
+
+    photo = data / "red" / "a\nphoto.png"
+    photo.write_bytes((data / "red" / "img_001.png").read_bytes())
+    result = subprocess.run([PETAL, "predict", str(finished_run / "export" / "model-float32.tflite"), str(photo), str(odd)],
+                            capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert result.returncode == 1, result.stderr  # one of two files failed
+    assert [line for line in result.stdout.splitlines() if not line.startswith("  top")][0].startswith(str(data / "red" / "a\\nphoto.png"))
+    assert result.stderr.count("\n") == 1 and "two\\nlines\\x1b[31m.jpg" in result.stderr, result.stderr
+
+
 # === 6. Every class has training images ===
 
 

@@ -56,3 +56,12 @@ class DiskFullError(PetalError):
 class ModelFileError(PetalError):
     """A model file (`.keras` or `.tflite`) cannot be loaded, or what it says about itself (labels,
     input size) disagrees with the model inside it; names the file."""
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped (a newline as \\n, ESC as \\x1b): a file name from disk may hold
+    them, and one message is one line whatever it names. Other characters are left to the stream's encoding."""
+    return text.translate(_CONTROL)

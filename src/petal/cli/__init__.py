@@ -12,7 +12,7 @@ import os
 import sys
 
 from petal.cli.common import EXIT_ERROR
-from petal.errors import PetalError
+from petal.errors import PetalError, printable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except PetalError as exc:
-        print(f"petal: error: {exc}", file=sys.stderr)
+        print(printable(f"petal: error: {exc}"), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("petal: interrupted", file=sys.stderr)

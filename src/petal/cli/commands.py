@@ -13,7 +13,7 @@ from petal.cli.data_command import cmd_data
 from petal.config import ExportConfig, TrainConfig
 from petal.data.decode import DEFAULT_MAX_PIXELS
 from petal.data.quarantine import read_exclusion_list
-from petal.errors import PetalError
+from petal.errors import PetalError, printable
 from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
 from petal.run_folder import RunFolder
 from petal.runtime.native_log import native_log_silenced
@@ -102,11 +102,11 @@ def cmd_evaluate(args) -> int:
         return EXIT_PARTIAL if evaluation.failed else 0
     print(evaluation.table())
     for path, reason in sorted(evaluation.failed.items()):
-        print(f"petal: error: {path}: {reason}", file=sys.stderr)
+        print(printable(f"petal: error: {path}: {reason}"), file=sys.stderr)
     if evaluation.mistakes:
         print(f"most confident mistakes ({len(evaluation.mistakes)}):")
         for m in evaluation.mistakes[:5]:
-            print(f"  {m.path}: {m.true} predicted as {m.predicted} ({100 * m.confidence:.1f}%)")
+            print(printable(f"  {m.path}: {m.true} predicted as {m.predicted} ({100 * m.confidence:.1f}%)"))
     print("Wrote " + ", ".join(str(p) for p in written))
     return EXIT_PARTIAL if evaluation.failed else 0
 
@@ -145,15 +145,15 @@ def cmd_predict(args) -> int:
     failed, predictions, errors = 0, [], []
     for result in predictor.predict(args.images, top_k=args.top_k):
         if isinstance(result, predict.PredictionError):
-            print(f"petal: error: {result.source}: {result.reason}", file=sys.stderr)
+            print(printable(f"petal: error: {result.source}: {result.reason}"), file=sys.stderr)
             errors.append({"source": result.source, "reason": result.reason})
             failed += 1
         elif args.json:
             predictions.append({"source": result.source, "label": result.label, "confidence": result.confidence, "sure": result.sure,
                                 "top": [{"label": name, "probability": p} for name, p in result.top], "tied": list(result.tied)})
         else:
-            print(result.sentence())
-            print("  " + result.top_line())
+            print(printable(result.sentence()))
+            print(printable("  " + result.top_line()))
     if args.json:
         print_json("predict", {"model": str(args.model), "threshold": predictor.calibration.threshold, "predictions": predictions, "errors": errors})
     if failed == len(args.images):

@@ -11,7 +11,7 @@ from petal.data import doctor
 from petal.data.decode import decode_image
 from petal.data.quarantine import move_flagged, undo_move
 from petal.data.split import load_split
-from petal.errors import PetalError
+from petal.errors import PetalError, printable
 
 
 def cmd_data(args) -> int:
@@ -42,9 +42,9 @@ def cmd_data(args) -> int:
 
 def _print_data_report(report, split, seconds, doctor, args) -> None:
     print(f"Found {report.files} files belonging to {len(report.class_counts)} classes.")
-    width = max(len(name) for name in report.class_counts)
+    width = max(len(printable(name)) for name in report.class_counts)
     for name, count in report.class_counts.items():
-        print(f"  {name:<{width}}  {count:>7,}")
+        print(f"  {printable(name):<{width}}  {count:>7,}")
     print(f"  largest/smallest class: {report.imbalance:.2f}" + ("  (imbalanced: consider --class-weight auto)" if report.imbalance > 3 else ""))
     how = "as the folder gives it (train/, val/)" if split.method == "given" else (
         f"{split.method} split, validation fraction {split.val_split}, seed {split.seed}")
@@ -56,7 +56,7 @@ def _print_data_report(report, split, seconds, doctor, args) -> None:
         print("Converted to RGB: " + ", ".join(f"{k} ({n})" for k, n in sorted(report.conversions.items())))
     unindexed = doctor.unindexed_files(args.data_dir)
     if unindexed:
-        print(f"Not indexed (not an image extension): {len(unindexed)} files, e.g. {', '.join(unindexed[:3])}")
+        print(printable(f"Not indexed (not an image extension): {len(unindexed)} files, e.g. {', '.join(unindexed[:3])}"))
     if not report.findings:
         print("No problems found.")
         return
@@ -69,7 +69,7 @@ def _print_data_report(report, split, seconds, doctor, args) -> None:
     for kind, found in counts.items():
         shown = found if args.all else found[:5]
         for finding in shown:
-            print(f"  {kind}: {finding.path}" + (f"  ({finding.detail})" if finding.detail else ""))
+            print(printable(f"  {kind}: {finding.path}" + (f"  ({finding.detail})" if finding.detail else "")))
         if len(found) > len(shown):
             print(f"  {kind}: ... and {len(found) - len(shown)} more (--all lists every file)")
 
@@ -126,5 +126,5 @@ def _undo_move(manifest: Path) -> int:
     restored, problems = undo_move(manifest)
     print(f"Moved {restored} files back")
     for problem in problems:
-        print(f"petal: error: {problem}", file=sys.stderr)
+        print(printable(f"petal: error: {problem}"), file=sys.stderr)
     return EXIT_PARTIAL if problems else 0

@@ -25,7 +25,7 @@ from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import CachedRows, DecodeCache, default_cache_root
 from petal.data.split import Split, load_split
-from petal.errors import ConfigError, RunFolderError
+from petal.errors import ConfigError, RunFolderError, printable
 from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
 from petal.runtime.calibration import calibrate
@@ -120,7 +120,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
             data = prepare_data(config, split, progress=progress)
         if data.skipped:
             run.write_skipped(data.skipped)
-            shown = ", ".join(sorted(data.skipped)[:3]) + (" ..." if len(data.skipped) > 3 else "")
+            shown = printable(", ".join(sorted(data.skipped)[:3]) + (" ..." if len(data.skipped) > 3 else ""))
             log.warning("left out %d files that could not be decoded: %s (see %s)", len(data.skipped), shown, run / "skipped.csv")
         if not len(data.train) or not len(data.validation):
             raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
