@@ -139,7 +139,7 @@ def _worker_loop(settings: dict) -> None:
     scratch = None if chief else tempfile.TemporaryDirectory(prefix=f"scratch-rank-{rank}-", dir=_ray_dir(run))
     with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         resumed_from = run.state()["model"] if start_epoch else None
-        recorder = RunRecorder(run if chief else RunFolder(scratch.name), config.early_stopping)
+        recorder = RunRecorder(run, config.early_stopping) if chief else None
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / resumed_from, compile=True)
         else:
@@ -175,9 +175,11 @@ def _worker_loop(settings: dict) -> None:
                 step_loss, step_correct, step_seen = train_step(batches)
                 loss_sum, correct, seen = loss_sum + float(step_loss), correct + float(step_correct), seen + float(step_seen)
             logs = {"loss": loss_sum / steps, "accuracy": correct / seen}
-            if chief:  # validation reads variables without collectives: the chief alone does it
+            if chief:  # validation reads variables without collectives: the chief alone validates and records
                 logs.update(single.validate(model, validation, config.batch_size, num_classes))
-            recorder.record_epochs(model, [logs], time.perf_counter() - started, first_epoch=epoch)
+                recorder.record_epochs(model, [logs], time.perf_counter() - started, first_epoch=epoch)
+            else:  # the same save, in step, into the scratch folder: no history there, so nothing to validate
+                RunFolder(scratch.name).save_checkpoint(model, "epoch.keras")
             ray.train.report({"epoch": epoch + 1, **logs})
     if scratch is not None:
         scratch.cleanup()

@@ -266,11 +266,15 @@ def predict_logits(model: keras.Model, images: CachedRows, batch_size: int) -> n
 
 
 def validate(model: keras.Model, images: CachedRows, batch_size: int, num_classes: int) -> dict[str, float]:
-    """val_loss and val_accuracy over every validation image, with the model's compiled loss, one replica."""
+    """val_loss and val_accuracy over every validation image, with the model's compiled loss, one replica
+    (outside any strategy: variables are read, no collectives). The model runs as one tf.function, traced once
+    per model: an eager call holds every layer's output until it returns (see predict_logits)."""
     loss = model.loss
+    if getattr(model, "_petal_inference", None) is None:
+        model._petal_inference = tf.function(lambda x: model(x, training=False))
     total = correct = seen = 0.0
     for x, y in make_dataset(images, batch_size, num_classes):
-        logits = np.asarray(model(x, training=False), dtype=np.float32)
+        logits = np.asarray(model._petal_inference(x), dtype=np.float32)
         total += float(np.sum(loss.call(y, logits)))
         correct += float(np.sum(np.argmax(logits, -1) == np.argmax(y, -1)))
         seen += len(logits)
