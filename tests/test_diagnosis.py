@@ -22,3 +22,11 @@ def test_lowest_validation_loss_at_the_end_means_still_improving():
 def test_small_wobble_is_not_called_overfitting():
     result = diagnose(history([1.5, 1.2, 1.0], [1.00, 0.98, 1.01], [0.4, 0.5, 0.6], [0.5, 0.52, 0.51]))
     assert result["status"] == "plateau"
+
+
+def test_validation_and_training_loss_rising_together_is_a_run_that_got_worse_not_a_plateau():
+    # a head at 0.62 val accuracy, then one short fine-tuning epoch that undid it (a new user's 200 photos)
+    result = diagnose(history([1.20, 1.05, 1.55], [1.20, 1.157, 1.521], [0.55, 0.675, 0.30], [0.58, 0.625, 0.325]))
+    assert result["status"] == "worse"
+    assert result["verdict"].startswith("got worse from epoch 3: validation loss rose and training loss did not fall")
+    assert "within" not in result["verdict"]

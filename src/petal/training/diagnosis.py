@@ -27,6 +27,13 @@ def diagnose(history: dict[str, list[float]]) -> dict:
             f"train-validation accuracy gap {gap:+.3f})"
         )
         status = "overfitting"
+    elif best < epochs - 1 and rose:
+        verdict = (
+            f"got worse from epoch {best + 2}: validation loss rose and training loss did not fall "
+            f"(lowest validation loss {val_loss[best]:.3f} at epoch {best + 1}, {val_loss[-1]:.3f} at the end): not "
+            f"overfitting; a learning rate too high for the last epochs, or too few of them (train-validation accuracy gap {gap:+.3f})"
+        )
+        status = "worse"
     elif best == epochs - 1:
         verdict = (
             f"still improving: validation loss was lowest at the last epoch ({epochs}); more epochs may help "
