@@ -232,9 +232,9 @@ def make_copies(data: Path, target: Path) -> list[tuple[str, str, str]]:
 
 
 def near_copies(args) -> dict:
-    from petal.data.index import ImageFolder, index_folder
     from cleanlab.outlier import OutOfDistribution
 
+    from petal.data.index import ImageFolder, index_folder
     from petal.training.label_issues import NEIGHBOURS, difference_hashes, embed, near_copy_pairs
     from petal.training.plots import save_image_grid
 

@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
@@ -65,3 +66,20 @@ def test_the_light_install_lists_the_models_and_explains_every_command(light_env
     assert "mobilenet-v2" in models.stdout and "(default)" in models.stdout and "petal-resnet" in models.stdout
     usage = subprocess.run([light_env / "petal", "--help"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and "predict" in usage.stdout, usage.stderr
+
+
+def test_native_notices_are_hidden_while_python_progress_and_log_lines_still_show():
+    # what TensorFlow's C++ prints goes to fd 2 directly; tqdm and logging write through sys.stderr
+    script = """
+import logging, os, sys
+from petal.runtime.native_log import native_log_silenced
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+with native_log_silenced():
+    os.write(2, b"I0000 oneDNN custom operations are on\\n")
+    sys.stderr.write("converting: 50%\\n")
+    logging.getLogger("petal").info("converted float32 in 1.0 s")
+sys.stderr.write("after\\n")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["converting: 50%", "converted float32 in 1.0 s", "after"]
