@@ -104,7 +104,8 @@ def cmd_evaluate(args) -> int:
     for path, reason in sorted(evaluation.failed.items()):
         print(printable(f"petal: error: {path}: {reason}"), file=sys.stderr)
     if evaluation.mistakes:
-        print(f"most confident mistakes ({len(evaluation.mistakes)}):")
+        wrong = evaluation.images - sum(evaluation.confusion[c][c] for c in range(len(evaluation.confusion)))
+        print(f"the most confident of {wrong} mistakes (mistakes.csv lists {len(evaluation.mistakes)}):")
         for m in evaluation.mistakes[:5]:
             print(printable(f"  {m.path}: {m.true} predicted as {m.predicted} ({100 * m.confidence:.1f}%)"))
     print("Wrote " + ", ".join(str(p) for p in written))
