@@ -6,6 +6,7 @@ tests use the shipped MobileNetV2 on a few of the bundled sample photos. Everyth
 """
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -202,6 +203,88 @@ def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path
     undo = subprocess.run([PETAL, "data", "--undo-move", report["moved"]["manifest"]], capture_output=True, text=True)
     assert undo.returncode == 0, undo.stderr
     assert all((root / p).is_file() for p in flagged)
+    # the text report draws its sample grid after the move, from the files still there
+    moved = subprocess.run([PETAL, "data", str(root), "--label-issues", "--move-to", str(tmp_path / "q2"), "--grid", str(tmp_path / "g.jpg"),
+                            "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
+    assert moved.returncode == 0 and "petal: error" not in moved.stderr, moved.stderr
+    assert (tmp_path / "g.jpg").is_file() and all((tmp_path / "q2" / p).is_file() for p in flagged)
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--contact-sheet", "photos/red/img_000.png", "outside the data folder"),  # it would overwrite a photo
+    ("--contact-sheet", ".", "a file to write"),
+    ("--move-to", "a-file", "is a file"),
+    ("--move-kinds", "label-issue,bogus", "kinds must be among"),
+])
+def test_output_options_that_cannot_work_are_refused_before_any_embedding(messy, tmp_path, option, value, says):
+    photos = shutil.copytree(messy, tmp_path / "photos")
+    (tmp_path / "a-file").write_text("x")
+    before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+    extra = ["--move-to", str(tmp_path / "q")] if option == "--move-kinds" else []
+    result = subprocess.run([PETAL, "data", str(photos), "--label-issues", option, value, *extra, "--cache-dir", str(tmp_path / "cache")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "cache").exists()  # refused before decoding or embedding anything
+    assert before == {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+
+
+def test_an_undo_whose_class_folder_became_a_file_puts_the_others_back_and_names_it(messy, tmp_path):
+    from petal.data.doctor import Finding
+    from petal.data.quarantine import move_flagged, undo_move
+
+    photos = shutil.copytree(messy, tmp_path / "photos")
+    findings = [Finding("red/img_000.png", "outlier", ""), Finding("blue/img_000.png", "outlier", "")]
+    manifest, moved = move_flagged(findings, photos, tmp_path / "q")
+    shutil.rmtree(photos / "red")
+    (photos / "red").write_text("now a file")
+    restored, problems = undo_move(manifest)
+    assert restored == 1 and (photos / "blue" / "img_000.png").is_file()
+    assert len(problems) == 1 and problems[0].startswith("red/img_000.png: cannot move it back")
+
+
+@pytest.mark.parametrize("moved", [["a.jpg"], {"a": 1}, [{"p": "a.jpg"}], [{"path": None}], [{"path": "../../etc/passwd"}]])
+def test_a_hand_edited_manifest_is_one_config_error(tmp_path, moved):
+    from petal.data.quarantine import undo_move
+    from petal.errors import ConfigError
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format": 1, "root": str(tmp_path / "photos"), "quarantine": str(tmp_path / "q"), "moved": moved}))
+    with pytest.raises(ConfigError, match="not a manifest written by petal data --move-to"):
+        undo_move(manifest)
+
+
+def test_a_read_only_class_folder_is_refused_before_anything_moves(messy, tmp_path, monkeypatch):
+    from petal.data import quarantine
+    from petal.data.doctor import Finding
+    from petal.errors import PetalError
+
+    photos = shutil.copytree(messy, tmp_path / "photos")
+    real_access = os.access  # root may write anywhere: the folder's mode is what the check reads
+    monkeypatch.setattr(quarantine.os, "access", lambda path, mode: Path(path).name != "red" and real_access(path, mode))
+    with pytest.raises(PetalError, match="red: not writable"):
+        quarantine.move_flagged([Finding("blue/img_000.png", "outlier", ""), Finding("red/img_000.png", "outlier", "")], photos, tmp_path / "q")
+    assert (photos / "blue" / "img_000.png").is_file() and not (tmp_path / "q").exists()
+
+
+def test_two_different_flat_images_are_not_near_copies_though_their_hashes_agree():
+    from petal.training.label_issues import near_copy_pairs
+
+    pattern = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rows = np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 128, np.uint8), pattern, pattern[:, ::-1][:, ::-1]])
+
+    class InMemory:
+        keys = ["black", "grey", "pattern", "pattern-again"]
+
+        def __len__(self):
+            return len(rows)
+
+        def gather(self, positions):
+            return rows[positions]
+
+    unit = np.array([[1.0, 0.0], [0.8, 0.6], [1.0, 0.0], [0.8, 0.6]])  # each pair at cosine distance 0.2
+    distances, neighbours = np.full((4, 1), 0.2), np.array([[1], [0], [3], [2]])
+    pairs = near_copy_pairs(InMemory(), unit, distances, neighbours)
+    assert [(i, j) for i, j, _, _ in pairs] == [(2, 3)]
 
 
 def test_train_exclude_leaves_the_listed_files_out_of_the_split_and_records_them_in_the_config(messy, tmp_path):

@@ -138,6 +138,24 @@ def test_kind3_deep_images_decode_within_the_documented_bytes_per_pixel(tmp_path
 # === 4. Pixel data that decodes black ===
 
 
+def test_kind3_an_image_past_pillows_own_pixel_limit_is_too_large_not_corrupt(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)  # 400 million pixels, 50 kB
+    with pytest.raises(ImageError) as raised:
+        decode_image(path, (16, 16))
+    assert raised.value.kind == "too-large"
+
+
+def test_kind2_a_cache_folder_that_is_a_file_is_one_line(tmp_path):
+    root = make_folder(tmp_path / "photos", per_class=3)
+    (tmp_path / "cache").write_text("a file")
+    result = subprocess.run([PETAL, "train", str(root), "--model", "tutorial", "--epochs", "1", "--image-size", "16", "16",
+                             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("petal: error: ")
+
+
 def test_kind4_a_float_tiff_in_0_to_1_decodes_by_its_range(tmp_path):
     path = tmp_path / "float.tiff"
     Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(path)
@@ -517,6 +535,27 @@ def test_kind6_a_class_whose_only_photos_land_in_validation_is_refused(tmp_path,
     with caplog.at_level("WARNING"):
         split_folder(index_folder(root), 0.2, seed)
     assert "rare have no validation images" in caplog.text
+
+
+def test_kind6_a_class_whose_files_all_fail_to_decode_is_refused_by_train(tmp_path):
+    root = make_folder(tmp_path / "photos", per_class=6)
+    (root / "empty").mkdir()
+    for i in range(4):
+        (root / "empty" / f"z{i}.jpg").write_bytes(b"")
+    result = subprocess.run([PETAL, "train", str(root), "--model", "tutorial", "--epochs", "1", "--image-size", "16", "16",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "class(es) empty have no decodable training images" in result.stderr.strip().splitlines()[-1]
+
+
+def test_kind6_an_absolute_exclusion_naming_a_linked_photo_excludes_the_link_not_its_target(tmp_path):
+    from petal.data.quarantine import read_exclusion_list
+
+    root = make_folder(tmp_path / "photos", per_class=3)
+    (root / "blue" / "link.png").symlink_to(root / "green" / "img_000.jpg")
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"{root / 'blue' / 'link.png'}\n")
+    assert read_exclusion_list(listed, root) == ("blue/link.png",)
 
 
 def split_folder_paths(folder, seed) -> tuple[str, ...]:

@@ -33,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     except PetalError as exc:
         print(printable(f"petal: error: {exc}"), file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("petal: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `petal ... | head`: the reader left; Python's documented way to end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # the file system refused (a read-only or full folder, a file where a folder goes): one line naming it
+        where = exc.filename if exc.filename is not None else ""
+        print(printable(f"petal: error: {where}: {exc.strerror or exc}" if where else f"petal: error: {exc}"), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("petal: interrupted", file=sys.stderr)
+        return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 from petal.cli.common import EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
-from petal.data.quarantine import move_flagged, undo_move
+from petal.data.quarantine import check_quarantine, move_flagged, undo_move
 from petal.data.split import load_split
-from petal.errors import PetalError, printable
+from petal.errors import ConfigError, PetalError, printable
 
 
 def cmd_data(args) -> int:
@@ -23,6 +24,8 @@ def cmd_data(args) -> int:
         raise PetalError("--move-to moves what --label-issues flags: pass --label-issues too")
     split = load_split(args.data_dir, args.val_split, args.seed, args.split_method, layout=args.layout,
                             follow_links=args.follow_links)
+    if args.label_issues:  # refused now, not after the embeddings
+        check_outputs(args, split.train.root)
     started = time.perf_counter()
     report = doctor.examine(split, max_pixels=args.max_pixels, progress=None if args.json else progress_bar("examining"))
     seconds = time.perf_counter() - started
@@ -79,13 +82,30 @@ def _save_sample_grid(folder, unusable: set[str], grid_path: Path) -> None:
         from petal.training import plots
     images, titles = [], []
     for path, label in zip(folder.paths, folder.labels):
-        if path in unusable:
+        if path in unusable or not os.path.lexists(folder.absolute(path)):  # gone to the quarantine (--move-to)
             continue
         images.append(decode_image(folder.absolute(path), (180, 180)))
         titles.append(folder.class_names[label])
         if len(images) == 9:
             break
     plots.save_image_grid(images, titles, grid_path)
+
+
+def check_outputs(args, root: Path) -> None:
+    """--move-to, --move-kinds and --contact-sheet, checked before any work. Raises ConfigError."""
+    if args.move_to:
+        check_quarantine(root, args.move_to, _move_kinds(args))
+    if args.contact_sheet:
+        sheet = Path(args.contact_sheet)
+        where = Path(os.path.abspath(sheet))
+        if root.resolve() in where.resolve().parents or Path(os.path.abspath(root)) in where.parents:
+            raise ConfigError(f"{sheet}: the contact sheet must be written outside the data folder {root}")
+        if sheet.is_dir() or not where.parent.is_dir():
+            raise ConfigError(f"{sheet}: the contact sheet is a file to write, in a folder that exists")
+
+
+def _move_kinds(args) -> tuple[str, ...]:
+    return tuple(k.strip() for k in args.move_kinds.split(",") if k.strip())
 
 
 def _label_issues(args, split, report) -> dict:
@@ -95,13 +115,16 @@ def _label_issues(args, split, report) -> dict:
         import keras  # noqa: F401  (label_issues imports it only when it embeds)
 
         from petal.training import label_issues
-    kinds = tuple(k.strip() for k in args.move_kinds.split(",") if k.strip())
+    kinds = _move_kinds(args)
     quiet = args.json
     found = label_issues.find_issues(split, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
                                      progress=None if quiet else progress_bar("decoding"),
                                      embedding_progress=None if quiet else progress_bar("embedding", unit="batch"))
     sheet = args.contact_sheet or Path(f"{Path(args.data_dir).resolve().name}-label-issues.png")
-    written = label_issues.save_contact_sheet(found, sheet)
+    try:
+        written = label_issues.save_contact_sheet(found, sheet)
+    except OSError as exc:
+        raise PetalError(f"{sheet}: cannot write the contact sheet ({exc.strerror or exc})") from None
     extra = {"report": label_issues.merge(report, found),
              "label_issues": {**found.summary(), "contact_sheet": str(written) if written else None}}
     if args.move_to:

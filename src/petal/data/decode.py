@@ -133,6 +133,9 @@ def identify(fp: BinaryIO, name: str) -> Image.Image:
         return Image.open(fp)
     except Image.UnidentifiedImageError:
         raise ImageError(name, "not an image: Pillow cannot identify the file's format", "not-an-image") from None
+    except Image.DecompressionBombError as exc:  # twice Pillow's MAX_IMAGE_PIXELS: it refuses to open it at all
+        raise ImageError(name, "too many pixels for Pillow to open (" + str(exc).split(", could be")[0] + ")",
+                         "too-large") from None
     except Exception as exc:
         raise ImageError(name, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 

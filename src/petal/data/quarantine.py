@@ -23,6 +23,20 @@ EXCLUDE_KINDS = ("label-issue", "outlier")  # what --move-to moves and --exclude
 MANIFEST_FORMAT = 1
 
 
+def check_quarantine(root: str | os.PathLike, quarantine: str | os.PathLike, kinds: Sequence[str]) -> tuple[Path, Path]:
+    """(root, quarantine) resolved, once `kinds` are known finding kinds and `quarantine` a folder (or none yet)
+    outside `root`. Raises ConfigError."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown)}")
+    root, quarantine = Path(root).resolve(), Path(quarantine).resolve()
+    if quarantine == root or root in quarantine.parents:
+        raise ConfigError(f"{quarantine}: the quarantine folder must be outside the data folder {root} (inside it, it would be read as a class)")
+    if quarantine.exists() and not quarantine.is_dir():
+        raise ConfigError(f"{quarantine}: is a file; --move-to takes a folder")
+    return root, quarantine
+
+
 def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantine: str | os.PathLike,
                  kinds: Sequence[str] = EXCLUDE_KINDS) -> tuple[Path, int]:
     """Move (never delete) every file with a finding of `kinds` from `root` to `quarantine`, keeping its path
@@ -33,12 +47,7 @@ def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantin
         ConfigError: an unknown kind, or a quarantine folder inside `root` (it would be read as a class).
         PetalError: a file of that name is already in the quarantine (nothing is overwritten or moved).
     """
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:
-        raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown)}")
-    root, quarantine = Path(root).resolve(), Path(quarantine).resolve()
-    if quarantine == root or root in quarantine.parents:
-        raise ConfigError(f"{quarantine}: the quarantine folder must be outside the data folder {root} (inside it, it would be read as a class)")
+    root, quarantine = check_quarantine(root, quarantine, kinds)
     kinds_of: dict[str, list[str]] = {}
     for f in findings:
         if f.kind in kinds:
@@ -47,13 +56,23 @@ def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantin
     taken = [e["path"] for e in entries if (quarantine / e["path"]).exists()]
     if taken:
         raise PetalError(f"{quarantine}: already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; choose another folder")
+    locked = sorted({str((root / e["path"]).parent) for e in entries if not os.access((root / e["path"]).parent, os.W_OK | os.X_OK)})
+    if locked:  # a file cannot leave a folder it cannot be unlinked from: refuse before anything moves
+        raise PetalError(f"{locked[0]}: not writable, so its flagged files cannot be moved out; nothing was moved")
     manifest = quarantine / f"manifest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
-    atomic.write_json(manifest, {"format": MANIFEST_FORMAT, "root": str(root), "quarantine": str(quarantine),
-                                 "undo": f"petal data --undo-move {manifest}", "moved": entries})
+    try:
+        atomic.write_json(manifest, {"format": MANIFEST_FORMAT, "root": str(root), "quarantine": str(quarantine),
+                                     "undo": f"petal data --undo-move {manifest}", "moved": entries})
+    except OSError as exc:
+        raise PetalError(f"{quarantine}: cannot write the manifest there ({exc.strerror or exc}); nothing was moved") from None
     for entry in entries:
         target = quarantine / entry["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(root / entry["path"], target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(root / entry["path"], target)
+        except OSError as exc:
+            raise PetalError(f"{root / entry['path']}: cannot move it to {target} ({exc.strerror or exc}); the files before it "
+                             f"were moved: petal data --undo-move {manifest} puts them back") from None
     log.info("moved %d files to %s; undo: petal data --undo-move %s", len(entries), quarantine, manifest)
     return manifest, len(entries)
 
@@ -69,20 +88,27 @@ def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
     try:
         record = json.loads(Path(manifest).read_text())
         root, quarantine, entries = Path(record["root"]), Path(record["quarantine"]), record["moved"]
+        paths = [entry["path"] for entry in entries]
+        if not all(isinstance(p, str) and p and not Path(p).is_absolute() and ".." not in Path(p).parts for p in paths):
+            raise ValueError("every moved path must be a relative path inside the data folder")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{manifest}: not a manifest written by petal data --move-to ({exc})") from None
+        raise ConfigError(f"{manifest}: not a manifest written by petal data --move-to ({type(exc).__name__}: {exc})") from None
     restored, problems = 0, []
-    for entry in entries:
-        source, target = quarantine / entry["path"], root / entry["path"]
+    for path in paths:
+        source, target = quarantine / path, root / path
         if not source.exists():
             if not target.exists():
-                problems.append(f"{entry['path']}: in neither {quarantine} nor {root}")
+                problems.append(f"{path}: in neither {quarantine} nor {root}")
             continue
         if target.exists():
-            problems.append(f"{entry['path']}: {target} exists again; left in {quarantine}")
+            problems.append(f"{path}: {target} exists again; left in {quarantine}")
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        except OSError as exc:  # e.g. its class folder became a file: name it, put the others back
+            problems.append(f"{path}: cannot move it back to {target} ({exc.strerror or exc}); left in {quarantine}")
+            continue
         restored += 1
     return restored, problems
 
@@ -105,19 +131,23 @@ def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> t
         except ValueError as exc:
             raise ConfigError(f"{source}: not valid JSON ({exc})") from None
         if isinstance(data, dict) and isinstance(data.get("findings"), list):
-            entries = [f["path"] for f in data["findings"] if isinstance(f, dict) and f.get("kind") in EXCLUDE_KINDS]
+            entries = [f.get("path") for f in data["findings"] if isinstance(f, dict) and f.get("kind") in EXCLUDE_KINDS]
+            if not all(isinstance(p, str) for p in entries):
+                raise ConfigError(f"{source}: a finding's path is not a string")
         elif isinstance(data, list) and all(isinstance(p, str) for p in data):
             entries = data
         else:
             raise ConfigError(f"{source}: expected the JSON of `petal data --json` or a JSON list of paths")
     else:
         entries = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    root = Path(root).resolve()
+    roots = (Path(os.path.abspath(root)), Path(root).resolve())  # the folder as named, and where it really is
     relative = []
     for entry in entries:
-        path = Path(entry)
-        # an absolute path, or one relative to the working folder, inside `root`
-        if (path.is_absolute() or not (root / path).exists()) and root in path.resolve().parents:
-            entry = os.path.relpath(path.resolve(), root)
+        # an absolute path, or one relative to the working folder, inside `root`; a linked photo is excluded
+        # by its own name, not by the file it points to: the entry's own links are not followed
+        path = Path(os.path.abspath(entry))
+        inside = [r for r in roots if r in path.parents]
+        if (Path(entry).is_absolute() or not (roots[0] / entry).exists()) and inside:
+            entry = os.path.relpath(path, inside[0])
         relative.append(entry)
     return tuple(sorted(set(relative)))

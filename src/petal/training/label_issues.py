@@ -335,7 +335,8 @@ def near_copy_pairs(images, features: np.ndarray, distances: np.ndarray, neighbo
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     pairs = [(i, j, float(1 - unit[i] @ unit[j]), int(np.bitwise_count(hashes[i] ^ hashes[j])))
              for i, j in sorted(candidates) if images.keys[i] != images.keys[j]]
-    close = [pair for pair in pairs if pair[2] < threshold or (pair[3] <= radius and pair[2] < HASH_CONFIRM_DISTANCE)]
+    close = [(i, j, d, bits) for i, j, d, bits in pairs
+             if d < threshold or (bits <= radius and d < HASH_CONFIRM_DISTANCE and not (flat[i] or flat[j]))]
     unsure = [pair for pair in pairs if pair not in close and pair[2] < CROP_CANDIDATE_DISTANCE]
     matches = crop_match(images, [(i, j) for i, j, _, _ in unsure]) if unsure else []
     return close + [pair for pair, match in zip(unsure, matches) if match >= CROP_MATCH]

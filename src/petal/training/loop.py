@@ -124,6 +124,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
             log.warning("left out %d files that could not be decoded: %s (see %s)", len(data.skipped), shown, run / "skipped.csv")
         if not len(data.train) or not len(data.validation):
             raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
+        counts = np.bincount(data.train.labels, minlength=num_classes)
+        if not counts.all():  # the split saw files; none of them decoded
+            empty = ", ".join(printable(class_names[c]) for c in np.flatnonzero(counts == 0))
+            raise RunFolderError(f"{config.data_dir}: class(es) {empty} have no decodable training images (see {run / 'skipped.csv'})")
         augment = build_augmentation(config.augmentation, config.training_image_size, config.mixup, config.cutmix)
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
