@@ -133,7 +133,7 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
         near_duplicate_distance: cosine distance (0..2) between embeddings under which two files are near copies.
         hash_radius: ... or at most this many of the 64 bits of their difference hashes differ (-1: hashes unused).
         progress, embedding_progress: `progress(iterable, total)` wrappers (a tqdm bar) for decoding
-            (per image) and embedding (per batch of 64).
+            (per image) and matching crops (per pair), and for embedding (per batch).
         backbone: another Keras model from (H, W, 3) 0..255 float images to (D,) embeddings (tests use a tiny
             one); its input fixes the image size. None: the default pretrained backbone.
 
@@ -166,7 +166,7 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
     pred_probs = out_of_sample_probabilities(features, labels, folds=folds, seed=seed)
     timings["cross_validation"] = time.perf_counter() - started
     started = time.perf_counter()
-    issues = _find(folder.class_names, images, labels, pred_probs, features, sides, near_duplicate_distance, hash_radius)
+    issues = _find(folder.class_names, images, labels, pred_probs, features, sides, near_duplicate_distance, hash_radius, progress)
     timings["cleanlab"] = time.perf_counter() - started
     findings, label_quality, outlier_scores = issues
     return LabelIssues(
@@ -226,7 +226,7 @@ def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, *, fol
     return cross_val_predict(head, features, labels, cv=folding, method="predict_proba")
 
 
-def _find(class_names, images, labels, pred_probs, features, sides, near_duplicate_distance, hash_radius):
+def _find(class_names, images, labels, pred_probs, features, sides, near_duplicate_distance, hash_radius, progress=None):
     """cleanlab's label issues and outlier scores, and near copies on the same nearest-neighbour graph."""
     from cleanlab.filter import find_label_issues
     from cleanlab.outlier import OutOfDistribution
@@ -253,7 +253,8 @@ def _find(class_names, images, labels, pred_probs, features, sides, near_duplica
                 paths[i], "outlier", f"mean cosine distance {mean_distance[i]:.3f} to its {NEIGHBOURS} nearest images "
                 f"(outlier score {outlier_scores[i]:.3f}; given {class_names[labels[i]]}, suggested {class_names[suggested[i]]})",
                 class_names[labels[i]], class_names[suggested[i]], float(outlier_scores[i]), float(mean_distance[i])))
-    findings += near_duplicates(images, labels, class_names, sides, features, distances, neighbours, near_duplicate_distance, hash_radius)
+    findings += near_duplicates(images, labels, class_names, sides, features, distances, neighbours, near_duplicate_distance, hash_radius,
+                                progress)
     return findings, quality, outlier_scores
 
 
@@ -284,13 +285,14 @@ def hash_pairs(hashes: np.ndarray, radius: int, rows: int = 1024) -> tuple[np.nd
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_bits).astype(np.int64)
 
 
-def crop_match(images, pairs: Sequence[tuple[int, int]], side: int = 32) -> np.ndarray:
+def crop_match(images, pairs: Sequence[tuple[int, int]], side: int = 32, progress: Callable | None = None) -> np.ndarray:
     """float32 (P,): for each pair (i, j) of rows of `images` (CachedRows: `gather(positions)` gives uint8
     (n, H, W, 3)), how well one image
     matches the best crop of the other: the Pearson correlation of side x side grey thumbnails, the best over
     crops taking up to 10% off each edge of either image (a 0.05 grid, then 0.025 around its best).
     1.0: the same pixels; a 5% crop of a photo measured >= 0.987 against it, another photo rarely 0.98.
-    Image-registration by search, as in near-duplicate detection's geometric check, on thumbnails only."""
+    Image-registration by search, as in near-duplicate detection's geometric check, on thumbnails only (about 20 ms
+    a pair on one core). `progress`: a `progress(iterable, total, desc, unit)` wrapper (a tqdm bar)."""
     import tensorflow as tf
 
     def thumbnails(rows):  # antialiased first: crop_and_resize samples without it
@@ -311,7 +313,8 @@ def crop_match(images, pairs: Sequence[tuple[int, int]], side: int = 32) -> np.n
 
     coarse = list(itertools.product((0.0, 0.05, 0.1), repeat=4))
     matches = np.zeros(len(pairs), np.float32)
-    for k, (i, j) in enumerate(pairs):
+    numbered = enumerate(pairs) if progress is None else progress(enumerate(pairs), total=len(pairs), desc="matching crops", unit="pair")
+    for k, (i, j) in numbered:
         a, b = tf.split(thumbnails([i, j]), 2)
         for cropped, whole in ((a, b), (b, a)):
             score, margin = best(cropped, whole, coarse)
@@ -321,11 +324,11 @@ def crop_match(images, pairs: Sequence[tuple[int, int]], side: int = 32) -> np.n
 
 
 def near_copy_pairs(images, features: np.ndarray, distances: np.ndarray, neighbours: np.ndarray, threshold: float = NEAR_DUPLICATE_DISTANCE,
-                    radius: int = HASH_RADIUS) -> list[tuple[int, int, float, int]]:
+                    radius: int = HASH_RADIUS, progress: Callable | None = None) -> list[tuple[int, int, float, int]]:
     """(i, j, cosine distance, differing hash bits) of every pair of rows i < j of `images` (CachedRows, decoded
     uint8) that the rule of the module's point 5 calls near copies. `features`: (N, D) embeddings; `distances`,
     `neighbours`: (N, k) cosine nearest-neighbour graph from sklearn's `kneighbors()`; `threshold`:
-    NEAR_DUPLICATE_DISTANCE; `radius`: HASH_RADIUS (-1: hashes unused). Byte-identical pairs (same content key)
+    NEAR_DUPLICATE_DISTANCE; `radius`: HASH_RADIUS (-1: hashes unused); `progress`: see crop_match. Byte-identical pairs (same content key)
     are left out: they are the doctor's exact `duplicate-*` findings."""
     hashes = difference_hashes(images)
     rows, cols = np.nonzero(distances < max(threshold, CROP_CANDIDATE_DISTANCE))
@@ -338,19 +341,19 @@ def near_copy_pairs(images, features: np.ndarray, distances: np.ndarray, neighbo
     close = [(i, j, d, bits) for i, j, d, bits in pairs
              if d < threshold or (bits <= radius and d < HASH_CONFIRM_DISTANCE and not (flat[i] or flat[j]))]
     unsure = [pair for pair in pairs if pair not in close and pair[2] < CROP_CANDIDATE_DISTANCE]
-    matches = crop_match(images, [(i, j) for i, j, _, _ in unsure]) if unsure else []
+    matches = crop_match(images, [(i, j) for i, j, _, _ in unsure], progress=progress) if unsure else []
     return close + [pair for pair, match in zip(unsure, matches) if match >= CROP_MATCH]
 
 
 def near_duplicates(images, labels: np.ndarray, class_names, sides: dict[str, str], features: np.ndarray,
-                    distances: np.ndarray, neighbours: np.ndarray, threshold: float, radius: int) -> list[ScoredFinding]:
+                    distances: np.ndarray, neighbours: np.ndarray, threshold: float, radius: int, progress=None) -> list[ScoredFinding]:
     """`near-duplicate-*` findings for the groups of files that `near_copy_pairs` links (same arguments;
     `sides`: each path's side of the split)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     paths = images.paths
-    pairs = near_copy_pairs(images, features, distances, neighbours, threshold, radius)
+    pairs = near_copy_pairs(images, features, distances, neighbours, threshold, radius, progress)
     if not pairs:
         return []
     n = len(paths)
