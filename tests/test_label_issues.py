@@ -208,6 +208,10 @@ def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path
                             "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
     assert moved.returncode == 0 and "petal: error" not in moved.stderr, moved.stderr
     assert (tmp_path / "g.jpg").is_file() and all((tmp_path / "q2" / p).is_file() for p in flagged)
+    # 8 photos a class: a weak judge, and the text report says so
+    from petal.cli.data_command import TRUSTED_HEAD_ACCURACY
+
+    assert ("Caution: the head that judges the labels" in moved.stdout) == (report["label_issues"]["cross_validated_accuracy"] < TRUSTED_HEAD_ACCURACY)
 
 
 @pytest.mark.parametrize("option, value, says", [
