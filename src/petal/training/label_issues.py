@@ -287,9 +287,9 @@ def hash_pairs(hashes: np.ndarray, radius: int, rows: int = 1024) -> tuple[np.nd
 
 def crop_match(images, pairs: Sequence[tuple[int, int]], side: int = 32, progress: Callable | None = None) -> np.ndarray:
     """float32 (P,): for each pair (i, j) of rows of `images` (CachedRows: `gather(positions)` gives uint8
-    (n, H, W, 3)), how well one image
-    matches the best crop of the other: the Pearson correlation of side x side grey thumbnails, the best over
-    crops taking up to 10% off each edge of either image (a 0.05 grid, then 0.025 around its best).
+    (n, H, W, 3)), how well one image matches the best crop of the other: the Pearson correlation of side x side
+    grey thumbnails, the best over crops taking up to 10% off each edge of either image (a 0.05 grid, then 0.025
+    around its best); 0 for a flat image.
     1.0: the same pixels; a 5% crop of a photo measured >= 0.987 against it, another photo rarely 0.98.
     Image-registration by search, as in near-duplicate detection's geometric check, on thumbnails only (about 20 ms
     a pair on one core). `progress`: a `progress(iterable, total, desc, unit)` wrapper (a tqdm bar)."""
@@ -328,8 +328,8 @@ def near_copy_pairs(images, features: np.ndarray, distances: np.ndarray, neighbo
     """(i, j, cosine distance, differing hash bits) of every pair of rows i < j of `images` (CachedRows, decoded
     uint8) that the rule of the module's point 5 calls near copies. `features`: (N, D) embeddings; `distances`,
     `neighbours`: (N, k) cosine nearest-neighbour graph from sklearn's `kneighbors()`; `threshold`:
-    NEAR_DUPLICATE_DISTANCE; `radius`: HASH_RADIUS (-1: hashes unused); `progress`: see crop_match. Byte-identical pairs (same content key)
-    are left out: they are the doctor's exact `duplicate-*` findings."""
+    NEAR_DUPLICATE_DISTANCE; `radius`: HASH_RADIUS (-1: hashes unused); `progress`: see crop_match. Byte-identical
+    pairs (same content key) are left out: they are the doctor's exact `duplicate-*` findings."""
     hashes = difference_hashes(images)
     rows, cols = np.nonzero(distances < max(threshold, CROP_CANDIDATE_DISTANCE))
     candidates = {tuple(sorted((int(i), int(neighbours[i, j])))) for i, j in zip(rows, cols)}
@@ -340,7 +340,8 @@ def near_copy_pairs(images, features: np.ndarray, distances: np.ndarray, neighbo
              for i, j in sorted(candidates) if images.keys[i] != images.keys[j]]
     close = [(i, j, d, bits) for i, j, d, bits in pairs
              if d < threshold or (bits <= radius and d < HASH_CONFIRM_DISTANCE and not (flat[i] or flat[j]))]
-    unsure = [pair for pair in pairs if pair not in close and pair[2] < CROP_CANDIDATE_DISTANCE]
+    linked = {(i, j) for i, j, _, _ in close}
+    unsure = [pair for pair in pairs if pair[:2] not in linked and pair[2] < CROP_CANDIDATE_DISTANCE]
     matches = crop_match(images, [(i, j) for i, j, _, _ in unsure], progress=progress) if unsure else []
     return close + [pair for pair, match in zip(unsure, matches) if match >= CROP_MATCH]
 
