@@ -156,3 +156,13 @@ def test_scratch_files_never_match_the_real_suffix_and_only_dead_writers_lose_th
     dead.mkdir(parents=True)
     (dead / "model.keras").write_bytes(b"half")
     assert atomic.remove_partials(tmp_path) == [dead] and not dead.exists()
+
+
+def test_a_failed_atomic_write_names_the_file_the_caller_asked_for_not_its_scratch_copy(tmp_path):
+    from petal import atomic
+
+    (tmp_path / "taken").mkdir()  # a folder where the file should go
+    with pytest.raises(IsADirectoryError) as raised:
+        atomic.write_text(tmp_path / "taken", "text")
+    assert raised.value.filename == str(tmp_path / "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no scratch file left beside it

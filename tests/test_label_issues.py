@@ -214,22 +214,32 @@ def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path
     assert ("Caution: the head that judges the labels" in moved.stdout) == (report["label_issues"]["cross_validated_accuracy"] < TRUSTED_HEAD_ACCURACY)
 
 
-@pytest.mark.parametrize("option, value, says", [
-    ("--contact-sheet", "photos/red/img_000.png", "outside the data folder"),  # it would overwrite a photo
-    ("--contact-sheet", ".", "a file to write"),
-    ("--move-to", "a-file", "is a file"),
-    ("--move-kinds", "label-issue,bogus", "kinds must be among"),
+@pytest.mark.parametrize("options, says", [
+    (["--contact-sheet", "photos/red/img_000.png"], "outside the data folder"),  # it would overwrite a photo
+    (["--grid", "photos/red/img_000.png"], "outside the data folder"),
+    (["--contact-sheet", "."], "a file to write"),
+    (["--move-to", "a-file"], "is a file"),
+    (["--move-to", "a-file/sub"], "is a file"),
+    (["--move-kinds", "label-issue,bogus", "--move-to", "q"], "kinds must be among"),
+    (["--move-kinds", ",", "--move-to", "q"], "kinds must be among"),
+    (["--move-kinds", "outlier"], "pass --label-issues --move-to too"),
 ])
-def test_output_options_that_cannot_work_are_refused_before_any_embedding(messy, tmp_path, option, value, says):
+def test_output_options_that_cannot_work_are_refused_before_any_embedding(messy, tmp_path, options, says):
     photos = shutil.copytree(messy, tmp_path / "photos")
     (tmp_path / "a-file").write_text("x")
     before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
-    extra = ["--move-to", str(tmp_path / "q")] if option == "--move-kinds" else []
-    result = subprocess.run([PETAL, "data", str(photos), "--label-issues", option, value, *extra, "--cache-dir", str(tmp_path / "cache")],
+    result = subprocess.run([PETAL, "data", str(photos), "--label-issues", *options, "--cache-dir", str(tmp_path / "cache")],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "cache").exists()  # refused before decoding or embedding anything
     assert before == {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+
+
+def test_run_from_inside_a_class_folder_the_default_outputs_are_refused_not_written_among_the_photos(messy, tmp_path):
+    photos = shutil.copytree(messy, tmp_path / "photos")
+    result = subprocess.run([PETAL, "data", str(photos)], capture_output=True, text=True, cwd=photos / "red", timeout=120)
+    assert result.returncode == 2 and "the sample grid (--grid) must be written outside the data folder" in result.stderr
+    assert not list((photos / "red").glob("*-samples.jpg"))
 
 
 def test_an_undo_whose_class_folder_became_a_file_puts_the_others_back_and_names_it(messy, tmp_path):
@@ -246,13 +256,16 @@ def test_an_undo_whose_class_folder_became_a_file_puts_the_others_back_and_names
     assert len(problems) == 1 and problems[0].startswith("red/img_000.png: cannot move it back")
 
 
-@pytest.mark.parametrize("moved", [["a.jpg"], {"a": 1}, [{"p": "a.jpg"}], [{"path": None}], [{"path": "../../etc/passwd"}]])
-def test_a_hand_edited_manifest_is_one_config_error(tmp_path, moved):
+@pytest.mark.parametrize("edit", [{"moved": ["a.jpg"]}, {"moved": {"a": 1}}, {"moved": [{"p": "a.jpg"}]}, {"moved": [{"path": None}]},
+                                  {"moved": [{"path": "../../etc/passwd"}]}, {"moved": [{"path": "."}]}, {"root": "relative/dir"},
+                                  {"root": ""}, {"format": 99}, "[" * 100000 + "]" * 100000])
+def test_a_hand_edited_manifest_is_one_config_error(tmp_path, edit):
     from petal.data.quarantine import undo_move
     from petal.errors import ConfigError
 
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"format": 1, "root": str(tmp_path / "photos"), "quarantine": str(tmp_path / "q"), "moved": moved}))
+    record = {"format": 1, "root": str(tmp_path / "photos"), "quarantine": str(tmp_path / "q"), "moved": [{"path": "a/x.jpg"}]}
+    manifest.write_text(edit if isinstance(edit, str) else json.dumps({**record, **edit}))
     with pytest.raises(ConfigError, match="not a manifest written by petal data --move-to"):
         undo_move(manifest)
 

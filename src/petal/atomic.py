@@ -70,13 +70,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             yield tmp_path
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
+            os.replace(tmp_path, target)
         except OSError as exc:
             if exc.errno in DISK_FULL_ERRNOS or exc.errno is None:  # NumPy reports a short write without errno
                 reason = os.strerror(exc.errno) if exc.errno else f"short write: {exc}"
                 raise DiskFullError(f"{target}: cannot be written ({reason}); "
                                     f"{shutil.disk_usage(target.parent).free / 1e6:,.0f} MB free there") from None
-            raise
-        os.replace(tmp_path, target)
+            raise type(exc)(exc.errno, exc.strerror, str(target)) from None  # named as the user knows it, not the scratch file
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:

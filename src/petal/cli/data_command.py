@@ -10,7 +10,7 @@ from pathlib import Path
 from petal.cli.common import EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
-from petal.data.quarantine import check_quarantine, move_flagged, undo_move
+from petal.data.quarantine import EXCLUDE_KINDS, check_quarantine, move_flagged, undo_move
 from petal.data.split import load_split
 from petal.errors import ConfigError, PetalError, printable
 
@@ -24,8 +24,7 @@ def cmd_data(args) -> int:
         raise PetalError("--move-to moves what --label-issues flags: pass --label-issues too")
     split = load_split(args.data_dir, args.val_split, args.seed, args.split_method, layout=args.layout,
                             follow_links=args.follow_links)
-    if args.label_issues:  # refused now, not after the embeddings
-        check_outputs(args, split.train.root)
+    check_outputs(args, split.train.root)  # refused now, not after the embeddings
     started = time.perf_counter()
     report = doctor.examine(split, max_pixels=args.max_pixels, progress=None if args.json else progress_bar("examining"))
     seconds = time.perf_counter() - started
@@ -37,7 +36,7 @@ def cmd_data(args) -> int:
     _print_data_report(report, split, seconds, doctor, args)
     if args.label_issues:
         _print_label_issues(extra)
-    grid_path = args.grid or Path(f"{Path(args.data_dir).resolve().name}-samples.jpg")
+    grid_path = _grid_path(args)
     _save_sample_grid(split.train, set(report.unusable), grid_path)
     print(f"Sample grid: {grid_path}")
     return 0
@@ -91,17 +90,30 @@ def _save_sample_grid(folder, unusable: set[str], grid_path: Path) -> None:
     plots.save_image_grid(images, titles, grid_path)
 
 
+def _grid_path(args) -> Path:
+    return Path(args.grid or f"{Path(args.data_dir).resolve().name}-samples.jpg")
+
+
+def _contact_sheet_path(args) -> Path:
+    return Path(args.contact_sheet or f"{Path(args.data_dir).resolve().name}-label-issues.png")
+
+
 def check_outputs(args, root: Path) -> None:
-    """--move-to, --move-kinds and --contact-sheet, checked before any work. Raises ConfigError."""
-    if args.move_to:
+    """--move-to, --move-kinds, and the files the command will write (the sample grid, the contact sheet), checked
+    before any work: a file inside the data folder would be read as a photo, or overwrite one. Raises ConfigError."""
+    if args.label_issues and args.move_to:
         check_quarantine(root, args.move_to, _move_kinds(args))
-    if args.contact_sheet:
-        sheet = Path(args.contact_sheet)
-        where = Path(os.path.abspath(sheet))
+    elif _move_kinds(args) != EXCLUDE_KINDS:
+        raise ConfigError("--move-kinds says what --move-to moves: pass --label-issues --move-to too")
+    outputs = {"sample grid (--grid)": _grid_path(args)} if not args.json else {}
+    if args.label_issues:
+        outputs["contact sheet (--contact-sheet)"] = _contact_sheet_path(args)
+    for what, path in outputs.items():
+        where = Path(os.path.abspath(path))
         if root.resolve() in where.resolve().parents or Path(os.path.abspath(root)) in where.parents:
-            raise ConfigError(f"{sheet}: the contact sheet must be written outside the data folder {root}")
-        if sheet.is_dir() or not where.parent.is_dir():
-            raise ConfigError(f"{sheet}: the contact sheet is a file to write, in a folder that exists")
+            raise ConfigError(f"{path}: the {what} must be written outside the data folder {root}")
+        if path.is_dir() or not where.parent.is_dir():
+            raise ConfigError(f"{path}: the {what} is a file to write, in a folder that exists")
 
 
 def _move_kinds(args) -> tuple[str, ...]:
@@ -120,7 +132,7 @@ def _label_issues(args, split, report) -> dict:
     found = label_issues.find_issues(split, cache_dir=args.cache_dir, max_pixels=args.max_pixels,
                                      progress=None if quiet else progress_bar("decoding"),
                                      embedding_progress=None if quiet else progress_bar("embedding", unit="batch"))
-    sheet = args.contact_sheet or Path(f"{Path(args.data_dir).resolve().name}-label-issues.png")
+    sheet = _contact_sheet_path(args)
     try:
         written = label_issues.save_contact_sheet(found, sheet)
     except OSError as exc:

@@ -27,9 +27,12 @@ def check_quarantine(root: str | os.PathLike, quarantine: str | os.PathLike, kin
     """(root, quarantine) resolved, once `kinds` are known finding kinds and `quarantine` a folder (or none yet)
     outside `root`. Raises ConfigError."""
     unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:
-        raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown)}")
+    if unknown or not kinds:
+        raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown) or 'none'}")
     root, quarantine = Path(root).resolve(), Path(quarantine).resolve()
+    existing = next(p for p in (quarantine, *quarantine.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{quarantine}: cannot be a folder: {existing} is a file")
     if quarantine == root or root in quarantine.parents:
         raise ConfigError(f"{quarantine}: the quarantine folder must be outside the data folder {root} (inside it, it would be read as a class)")
     if quarantine.exists() and not quarantine.is_dir():
@@ -87,11 +90,13 @@ def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
     """
     try:
         record = json.loads(Path(manifest).read_text())
+        if record["format"] != MANIFEST_FORMAT or not all(isinstance(record[k], str) and Path(record[k]).is_absolute() for k in ("root", "quarantine")):
+            raise ValueError(f"format {MANIFEST_FORMAT} with absolute root and quarantine folders expected")
         root, quarantine, entries = Path(record["root"]), Path(record["quarantine"]), record["moved"]
         paths = [entry["path"] for entry in entries]
-        if not all(isinstance(p, str) and p and not Path(p).is_absolute() and ".." not in Path(p).parts for p in paths):
-            raise ValueError("every moved path must be a relative path inside the data folder")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not all(isinstance(p, str) and Path(p).parts and not Path(p).is_absolute() and ".." not in Path(p).parts for p in paths):
+            raise ValueError("every moved path must be a file's path inside the data folder")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{manifest}: not a manifest written by petal data --move-to ({type(exc).__name__}: {exc})") from None
     restored, problems = 0, []
     for path in paths:
@@ -128,7 +133,7 @@ def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> t
     if text.lstrip()[:1] in ("{", "["):
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ConfigError(f"{source}: not valid JSON ({exc})") from None
         if isinstance(data, dict) and isinstance(data.get("findings"), list):
             entries = [f.get("path") for f in data["findings"] if isinstance(f, dict) and f.get("kind") in EXCLUDE_KINDS]

@@ -18,7 +18,7 @@ from typing import Collection
 import numpy as np
 
 from petal.data.index import ImageFolder, index_folder
-from petal.errors import ConfigError, DataError
+from petal.errors import ConfigError, DataError, printable
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def split_folder(folder: ImageFolder, val_split: float = 0.2, seed: int = 123, m
         )
     unvalidated = [name for name, n in split.validation.counts().items() if not n]
     if unvalidated:
-        log.warning("class(es) %s have no validation images: their accuracy is not measured", ", ".join(unvalidated))
+        log.warning("class(es) %s have no validation images: their accuracy is not measured", printable(", ".join(unvalidated)))
     return split
 
 

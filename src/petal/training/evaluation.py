@@ -20,7 +20,7 @@ import numpy as np
 from petal import atomic
 from petal.data.cache import content_key
 from petal.data.index import ImageFolder, index_folder
-from petal.errors import ConfigError, DataError, RunFolderError
+from petal.errors import ConfigError, DataError, RunFolderError, printable
 from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.predict import PredictionError, Predictor
 from petal.training.report import build_report
@@ -59,11 +59,11 @@ class Evaluation:
     accuracy_when_sure: float | None = None  # accuracy on those images
 
     def table(self) -> str:
-        width = max(len(name) for name in self.class_names + ["class"])
+        width = max(len(printable(name)) for name in self.class_names + ["class"])
         lines = [f"{'class':<{width}}  precision  recall     f1  support"]
         for name in self.class_names:
             m = self.per_class[name]
-            lines.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {int(m['support']):7d}")
+            lines.append(f"{printable(name):<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {int(m['support']):7d}")
         lines.append(f"accuracy {self.accuracy:.4f}, top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, "
                      f"expected calibration error {self.expected_calibration_error:.4f}, on {self.images} images"
                      + (f" ({len(self.failed)} could not be read)" if self.failed else ""))

@@ -127,7 +127,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         counts = np.bincount(data.train.labels, minlength=num_classes)
         if not counts.all():  # the split saw files; none of them decoded
             empty = ", ".join(printable(class_names[c]) for c in np.flatnonzero(counts == 0))
-            raise RunFolderError(f"{config.data_dir}: class(es) {empty} have no decodable training images (see {run / 'skipped.csv'})")
+            raise RunFolderError(f"{config.data_dir}: class(es) {empty} have no decodable training images (see {run / 'skipped.csv'}); "
+                                 f"fix or remove them, then train again with --resume (nothing was trained) or a new --out")
         augment = build_augmentation(config.augmentation, config.training_image_size, config.mixup, config.cutmix)
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)

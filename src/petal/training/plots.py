@@ -16,12 +16,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from petal import atomic
+from petal.errors import printable
 
 
 def drawable(text: str) -> str:
     """`text` as matplotlib can draw it: names that are not valid UTF-8 (kept as surrogate escapes, see
-    petal.data.index) are shown escaped, e.g. '\\xff\\xfecls', instead of crashing the text renderer."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    petal.data.index) are shown escaped, e.g. '\\xff\\xfecls', instead of crashing the text renderer; control
+    characters too (no font has a glyph for them)."""
+    return printable(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
 
 
 def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, columns: int = 3) -> None:
