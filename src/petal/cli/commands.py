@@ -12,7 +12,7 @@ from petal.cli.common import EXIT_ERROR, EXIT_PARTIAL, needs_extra, print_json, 
 from petal.cli.data_command import cmd_data
 from petal.config import ExportConfig, TrainConfig
 from petal.data.decode import DEFAULT_MAX_PIXELS
-from petal.data.quarantine import read_exclusion_list
+from petal.data.quarantine import EXCLUDE_KINDS, read_exclusion_list
 from petal.errors import PetalError, printable
 from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
 from petal.run_folder import RunFolder
@@ -189,7 +189,8 @@ def cmd_demo(args) -> int:
 
     data_dir = args.data_dir or str(sample_folder())
     print(f"== 1/4 data: {data_dir}")
-    data_only = {"grid": None, "json": False, "all": False, "label_issues": False, "move_to": None, "undo_move": None}
+    data_only = {"grid": None, "json": False, "all": False, "label_issues": False, "move_to": None, "move_kinds": ",".join(EXCLUDE_KINDS),
+                 "contact_sheet": None, "undo_move": None}
     cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS, **data_only}))
     print("== 2/4 train")
     result = _train(args, data_dir)
