@@ -26,7 +26,14 @@ from petal.runtime.metadata import read_metadata
 from petal.runtime.predict import Predictor
 from petal.training.export import export_litert
 from petal.training.loop import train
-from petal.training.models.backbones import BACKBONE_LAYER, backbone_blocks, load_backbone, unfreeze_top_blocks
+from petal.training.models.backbones import (
+    BACKBONE_LAYER,
+    backbone_blocks,
+    fine_tuning_model,
+    fold_batch_norm,
+    load_backbone,
+    unfreeze_top_blocks,
+)
 
 MODEL = "mobilenet-v1-0.25"
 SIZE = (32, 32)
@@ -183,3 +190,81 @@ def test_int8_transfer_model_passes_the_gate_and_predicts_with_its_labels(tmp_pa
     predictor = Predictor.load(tflite)
     [prediction] = predictor.predict([data / "red" / "img_000.jpg"])
     assert predictor.class_names == ("blue", "green", "red") and prediction.label == "red"
+
+
+def _conv_bn_model(rng):
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="conv_bn")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=True, name="depthwise")(x)
+    x = keras.layers.BatchNormalization(center=False, name="depthwise_bn")(x)
+    shared = keras.layers.Conv2D(8, 1, use_bias=False, name="shared")(x)  # read twice: must stay as it is
+    y = keras.layers.BatchNormalization(scale=False, name="shared_bn")(shared)
+    x = keras.layers.Add()([y, shared])
+    inner = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name=BACKBONE_LAYER)
+    outer_in = keras.Input((12, 12, 3))
+    model = keras.Model(outer_in, inner(keras.layers.Rescaling(1 / 255)(outer_in)))
+    for layer in inner.layers:  # statistics far from 0 and 1, as after pretraining
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.2, 3.0, w.shape).astype("float32") if "variance" in w.path or "gamma" in w.path
+                               else rng.normal(0, 2, w.shape).astype("float32") for w in layer.weights])
+    return model
+
+
+def test_folding_batch_norm_into_convolutions_keeps_inference_outputs():
+    rng = np.random.default_rng(0)
+    model = _conv_bn_model(rng)
+    folded = fold_batch_norm(model)
+    images = rng.uniform(0, 255, (4, 12, 12, 3)).astype("float32")
+    np.testing.assert_allclose(folded.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-4, atol=1e-4)
+    inner = folded.get_layer(BACKBONE_LAYER)
+    norms = [layer.name for layer in inner.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms == ["shared_bn"]  # its convolution's output is also read by the Add
+    assert inner.get_layer("conv").use_bias and inner.get_layer("depthwise").use_bias
+
+
+def test_a_pretrained_backbone_folded_gives_the_same_embeddings(weights_file):
+    spec = create_model(MODEL, 3, SIZE, weights=str(weights_file))
+    images = np.random.default_rng(1).uniform(0, 255, (2, *SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(fold_batch_norm(spec.features).predict_on_batch(images),
+                               spec.features.predict_on_batch(images), atol=1e-3)
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_fine_tuning_fits_a_folded_bottom_and_checkpoints_the_classifier_with_its_optimizer(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=8)
+    config = transfer_config(data, weights_file, epochs=2, fine_tune_blocks=2, fine_tune_epochs=2)
+    with pytest.raises(KeyboardInterrupt):  # killed after the first fine-tuning epoch
+        train(config, tmp_path / "run", verbose=0, callbacks=[_StopAfter(3)])
+    result = train(config, tmp_path / "run", verbose=0, resume=True)
+
+    assert len(result.history["val_accuracy"]) == 4
+    checkpoint = result.run.checkpoint_dir / result.run.state()["model"]
+    resumed = keras.saving.load_model(checkpoint)
+    assert resumed.get_layer(BACKBONE_LAYER).get_layer("conv_pw_13").trainable
+    steps_per_epoch = -(-len(result.run.split("train")) // config.batch_size)
+    assert int(resumed.optimizer.iterations) == 2 * steps_per_epoch  # the optimizer's state crossed the kill
+
+
+def test_the_fine_tuning_model_shares_the_trainable_weights_and_predicts_the_same(weights_file):
+    classifier = create_model(MODEL, 3, SIZE, weights=str(weights_file)).classifier
+    unfreeze_top_blocks(classifier, get_model_entry(MODEL).block_pattern, 2)
+    fitted = fine_tuning_model(classifier)
+
+    assert fitted is not classifier
+    assert [id(w) for w in fitted.trainable_weights] == [id(w) for w in classifier.trainable_weights]
+    norms = [layer for model in fitted.layers if isinstance(model, keras.Model) for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 4  # the two trainable blocks' own, left as they are: the frozen bottom's are folded
+    images = np.random.default_rng(2).uniform(0, 255, (2, *SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(fitted.predict_on_batch(images), classifier.predict_on_batch(images), atol=1e-4)

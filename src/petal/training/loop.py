@@ -33,9 +33,9 @@ from petal.training.augment import build_augmentation
 from petal.training.checkpoints import RunRecorder
 from petal.training.diagnosis import diagnose
 from petal.training.embeddings import EmbeddingCache
-from petal.training.models.backbones import unfreeze_top_blocks
+from petal.training.models.backbones import fine_tuning_model, unfreeze_top_blocks
 from petal.training.models.flip_average import with_test_time_flip
-from petal.training.optimization import class_weights, compile_for_training, dtype_policy
+from petal.training.optimization import class_weights, compile_for_training, compile_like, dtype_policy
 from petal.training.pipeline import make_dataset
 from petal.training.plots import save_curves, save_image_grid
 from petal.training.precision import device, resolve_precision
@@ -150,8 +150,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                     trainable = unfreeze_top_blocks(model, entry.block_pattern, config.fine_tune_blocks)
                     log.info("fine-tuning the top %d blocks (%d trainable weights)", config.fine_tune_blocks, trainable)
                     compile_for_training(model, config, len(data.train), replicas, fine_tuning=True)
+                fitted = fine_tuning_model(model)  # the same weights, the frozen bottom folded: faster epochs
+                if fitted is not model:
+                    compile_like(fitted, model)
+                    recorder.checkpointed = model
                 with timed(timings, "fine_tune"):
-                    _fit(model, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose, callbacks)
+                    _fit(fitted, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose, callbacks)
         else:
             if verbose:
                 model.summary()

@@ -30,6 +30,12 @@ def compile_for_training(model: keras.Model, config: TrainConfig, train_images: 
     )
 
 
+def compile_like(model: keras.Model, compiled: keras.Model) -> None:
+    """Compile `model` with the optimizer (and so its state), loss and metrics of `compiled`, whose trainable
+    weights it shares: fine-tuning fits one model and checkpoints the other (petal.training.loop)."""
+    model.compile(optimizer=compiled.optimizer, loss=compiled.loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
 def learning_rate(schedule: str, peak_rate: float, epochs: int, warmup_epochs: int,
                   steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """A constant rate, or a schedule: linear warm-up, then cosine decay to 0 (or constant)."""

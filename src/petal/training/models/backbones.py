@@ -159,3 +159,92 @@ def unfreeze_top_blocks(classifier: keras.Model, block_pattern: str, count: int)
     for layer in backbone.layers:
         layer.trainable = id(layer) in chosen and not isinstance(layer, layers.BatchNormalization)
     return len(classifier.trainable_weights)
+
+
+class _Folded(layers.Layer):
+    """Stands where a BatchNormalization was folded into the convolution before it (fold_batch_norm)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+def _folds(model: keras.Model) -> dict[str, layers.BatchNormalization]:
+    """{convolution name: the BatchNormalization that alone reads its output}, for every such pair of `model`."""
+    found = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization) or layer.axis not in (-1, len(layer.input.shape) - 1):
+            continue
+        producer = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+        if (isinstance(producer, (layers.Conv2D, layers.DepthwiseConv2D)) and producer.get_config()["activation"] == "linear"
+                and len(producer._outbound_nodes) == 1 and len(layer._inbound_nodes) == 1):
+            found[producer.name] = layer
+    return found
+
+
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """An inference-only copy of the functional `model` (and the functional models inside it) in which every
+    Conv2D or DepthwiseConv2D followed only by a BatchNormalization carries that normalisation in its kernel
+    and bias, as LiteRT's converter does. Equal outputs to float rounding in inference mode (training=False);
+    never train the copy.
+
+    Why: Keras 3 runs batch norm as separate passes over each activation; on a CPU they cost MobileNetV2 at 224 px
+    about a third of its inference time (docs/BENCHMARKS.md), work the convolution can do in its bias.
+    The fold: y = gamma (conv(x) - mean) / sqrt(var + eps) + beta = conv'(x) + beta', with the kernel's output
+    channels scaled by s = gamma / sqrt(var + eps) and beta' = beta - mean s.
+    """
+    folds = _folds(model)
+    folded_norms = {norm.name for norm in folds.values()}
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return fold_batch_norm(layer)
+        if layer.name in folded_norms:
+            return _Folded(name=layer.name)
+        config = layer.get_config()
+        if layer.name in folds:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) or layer.name in folded_norms or not layer.weights:
+            continue
+        target = folded.get_layer(layer.name)
+        if layer.name not in folds:
+            target.set_weights(layer.get_weights())
+            continue
+        norm = folds[layer.name]
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else 0.0
+        mean, variance = (keras.ops.convert_to_numpy(w) for w in (norm.moving_mean, norm.moving_variance))
+        gamma = keras.ops.convert_to_numpy(norm.gamma) if norm.scale else 1.0
+        beta = keras.ops.convert_to_numpy(norm.beta) if norm.center else 0.0
+        scale = gamma / (variance + norm.epsilon) ** 0.5
+        # Conv2D kernels end in output channels; a depthwise kernel's outputs are (input channel, multiplier).
+        kernel = kernel * scale.reshape(kernel.shape[-2:] if isinstance(layer, layers.DepthwiseConv2D) else kernel.shape[-1:])
+        target.set_weights([kernel, (bias - mean) * scale + beta])
+    return folded
+
+
+def fine_tuning_model(classifier: keras.Model) -> keras.Model:
+    """What fine-tuning fits: `classifier`'s own layers from the backbone's first trainable layer on (so
+    training changes `classifier`'s weights), after a folded copy (fold_batch_norm) of the frozen layers
+    below it. The bottom of MobileNetV2 at 224 px is most of an image's compute, and frozen it only runs
+    in inference mode. Returns `classifier` itself when it is not a chain of layers around the backbone or
+    the frozen layers do not meet the trainable ones at a single tensor."""
+    backbone = classifier.get_layer(BACKBONE_LAYER)
+    first = next((layer for layer in backbone.layers if layer.trainable_weights), None)
+    chain = [layer for layer in classifier.layers if not isinstance(layer, layers.InputLayer)]
+    if first is None or any(len(layer._inbound_nodes) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1 for layer in chain):
+        return classifier
+    try:
+        bottom = fold_batch_norm(keras.Model(backbone.input, first.input))
+        top = keras.Model(first.input, backbone.output)
+    except ValueError:  # a trainable layer also reads a frozen tensor other than first.input
+        return classifier
+    inputs = keras.Input(classifier.input.shape[1:], dtype=classifier.input.dtype)
+    outputs = inputs
+    for layer in chain:
+        outputs = top(bottom(outputs)) if layer is backbone else layer(outputs)
+    return keras.Model(inputs, outputs, name=f"{classifier.name}_fine_tuning")
+
