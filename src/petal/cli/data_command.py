@@ -10,7 +10,7 @@ from pathlib import Path
 from petal.cli.common import EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
-from petal.data.quarantine import EXCLUDE_KINDS, check_quarantine, move_flagged, undo_move
+from petal.data.quarantine import EXCLUDE_KINDS, check_quarantine, is_inside, move_flagged, undo_move
 from petal.data.split import load_split
 from petal.errors import ConfigError, PetalError, printable
 
@@ -109,10 +109,9 @@ def check_outputs(args, root: Path) -> None:
     if args.label_issues:
         outputs["contact sheet (--contact-sheet)"] = _contact_sheet_path(args)
     for what, path in outputs.items():
-        where = Path(os.path.abspath(path))
-        if root.resolve() in where.resolve().parents or Path(os.path.abspath(root)) in where.parents:
+        if is_inside(path, root):
             raise ConfigError(f"{path}: the {what} must be written outside the data folder {root}")
-        if path.is_dir() or not where.parent.is_dir():
+        if path.is_dir() or not Path(os.path.abspath(path)).parent.is_dir():
             raise ConfigError(f"{path}: the {what} is a file to write, in a folder that exists")
 
 

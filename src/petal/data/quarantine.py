@@ -23,17 +23,25 @@ EXCLUDE_KINDS = ("label-issue", "outlier")  # what --move-to moves and --exclude
 MANIFEST_FORMAT = 1
 
 
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies under it, as written (absolute) or with links resolved."""
+    path, folder = Path(path), Path(folder)
+    return any(p == f or f in p.parents for p, f in ((Path(os.path.abspath(path)), Path(os.path.abspath(folder))),
+                                                     (path.resolve(), folder.resolve())))
+
+
 def check_quarantine(root: str | os.PathLike, quarantine: str | os.PathLike, kinds: Sequence[str]) -> tuple[Path, Path]:
     """(root, quarantine) resolved, once `kinds` are known finding kinds and `quarantine` a folder (or none yet)
     outside `root`. Raises ConfigError."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown) or 'none'}")
+    inside = is_inside(quarantine, root)
     root, quarantine = Path(root).resolve(), Path(quarantine).resolve()
     existing = next(p for p in (quarantine, *quarantine.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{quarantine}: cannot be a folder: {existing} is a file")
-    if quarantine == root or root in quarantine.parents:
+    if inside:
         raise ConfigError(f"{quarantine}: the quarantine folder must be outside the data folder {root} (inside it, it would be read as a class)")
     if quarantine.exists() and not quarantine.is_dir():
         raise ConfigError(f"{quarantine}: is a file; --move-to takes a folder")
