@@ -148,6 +148,27 @@ def test_a_quarantine_inside_the_data_folder_is_refused(found, messy):
         move_flagged(found.findings, messy, messy / "quarantine")
 
 
+
+def test_inside_the_data_folder_means_where_links_lead(tmp_path):
+    from petal.data.quarantine import is_inside
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere" / "roses"
+    data.mkdir()
+    elsewhere.mkdir(parents=True)
+    (data / "roses").symlink_to(elsewhere)
+    assert not is_inside(data / "roses" / ".." / "quarantine", data)  # data/roses/.. is tmp_path/elsewhere
+    assert is_inside(data / "roses" / "x", elsewhere.parent) and is_inside(data / "q" / "..", data)
+
+
+def test_an_output_path_in_a_symlink_loop_is_one_line(messy, tmp_path, capsys):
+    from petal.cli import main
+
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    assert main(["data", str(messy), "--grid", str(loop)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loop.png" in err[0] and err[0].startswith("petal: error:")
+
 def test_an_exclusion_list_leaves_its_files_out_and_every_other_file_keeps_its_side(messy, tmp_path):
     from petal.data.quarantine import read_exclusion_list
 

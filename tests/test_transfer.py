@@ -19,7 +19,7 @@ from conftest import PETAL, make_folder
 
 from petal.cli import main
 from petal.config import ExportConfig, TrainConfig
-from petal.errors import WeightsError
+from petal.errors import ConfigError, WeightsError
 from petal.registry import create_model, get_model_entry, list_models
 from petal.run_folder import RunFolder
 from petal.runtime.metadata import read_metadata
@@ -268,3 +268,39 @@ def test_the_fine_tuning_model_shares_the_trainable_weights_and_predicts_the_sam
     assert len(norms) == 4  # the two trainable blocks' own, left as they are: the frozen bottom's are folded
     images = np.random.default_rng(2).uniform(0, 255, (2, *SIZE, 3)).astype("float32")
     np.testing.assert_allclose(fitted.predict_on_batch(images), classifier.predict_on_batch(images), atol=1e-4)
+
+
+
+def test_early_stopping_stops_fine_tuning(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=8)
+    config = transfer_config(data, weights_file, epochs=2, fine_tune_blocks=1, fine_tune_epochs=4,
+                             fine_tune_learning_rate=1e-12, early_stopping=1)  # fine-tuning cannot improve
+    result = train(config, tmp_path / "run", verbose=0)
+    assert len(result.history["val_accuracy"]) == 3
+
+
+class _Seen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.models = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.models.append(self.model)
+
+
+def test_callbacks_see_the_classifier_while_fine_tuning(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=8)
+    seen = _Seen()
+    train(transfer_config(data, weights_file, epochs=1, fine_tune_blocks=1, fine_tune_epochs=1), tmp_path / "run",
+          verbose=0, callbacks=[seen])
+    fine_tuned = seen.models[-1]
+    assert BACKBONE_LAYER in [layer.name for layer in fine_tuned.layers]
+    fine_tuned.save(tmp_path / "from-a-callback.keras")  # a plain classifier: it loads
+    assert keras.saving.load_model(tmp_path / "from-a-callback.keras").count_params() == fine_tuned.count_params()
+
+
+def test_more_blocks_than_the_backbone_has_are_refused_before_training(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=4)
+    with pytest.raises(ConfigError, match="--fine-tune-blocks 14: this backbone has 13 blocks"):
+        train(transfer_config(data, weights_file, fine_tune_blocks=14), tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run" / "config.json").exists()

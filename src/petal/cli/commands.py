@@ -12,6 +12,7 @@ from petal.cli.common import EXIT_ERROR, EXIT_PARTIAL, needs_extra, print_json, 
 from petal.cli.data_command import cmd_data
 from petal.config import ExportConfig, TrainConfig
 from petal.data.decode import DEFAULT_MAX_PIXELS
+from petal.data.index import resolved
 from petal.data.quarantine import EXCLUDE_KINDS, read_exclusion_list
 from petal.errors import PetalError, printable
 from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
@@ -222,7 +223,7 @@ def _train(args, data_dir):
     on_ray = bool(getattr(args, "workers", None) or getattr(args, "address", None))
     if on_ray:
         settings["strategy"] = "multi-worker"
-    config = TrainConfig.for_model(str(Path(data_dir).resolve()), model, **settings)
+    config = TrainConfig.for_model(str(resolved(data_dir)), model, **settings)
     out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     if on_ray:
         require(("ray", "psutil"), "petal train --workers")

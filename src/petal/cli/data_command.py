@@ -10,6 +10,7 @@ from pathlib import Path
 from petal.cli.common import EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
+from petal.data.index import resolved
 from petal.data.quarantine import EXCLUDE_KINDS, check_quarantine, is_inside, move_flagged, undo_move
 from petal.data.split import load_split
 from petal.errors import ConfigError, PetalError, printable
@@ -91,11 +92,11 @@ def _save_sample_grid(folder, unusable: set[str], grid_path: Path) -> None:
 
 
 def _grid_path(args) -> Path:
-    return Path(args.grid or f"{Path(args.data_dir).resolve().name}-samples.jpg")
+    return Path(args.grid or f"{resolved(args.data_dir).name}-samples.jpg")
 
 
 def _contact_sheet_path(args) -> Path:
-    return Path(args.contact_sheet or f"{Path(args.data_dir).resolve().name}-label-issues.png")
+    return Path(args.contact_sheet or f"{resolved(args.data_dir).name}-label-issues.png")
 
 
 def check_outputs(args, root: Path) -> None:

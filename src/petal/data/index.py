@@ -46,6 +46,15 @@ class ImageFolder:
         return os.path.join(self.root, relative_path)
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """`path` absolute with its links resolved. Raises DataError on a symlink loop (Path.resolve raises
+    RuntimeError before Python 3.13)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:
+        raise DataError(f"{path}: cannot be resolved ({exc})") from None
+
+
 def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, *,
                  follow_links: bool = False) -> ImageFolder:
     """List the image files under `root`/<class>/ (recursively) in Keras's sorted walk order; symlinked

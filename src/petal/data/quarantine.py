@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 from petal import atomic
 from petal.data.doctor import KINDS, Finding
+from petal.data.index import resolved
 from petal.errors import ConfigError, PetalError
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,10 @@ MANIFEST_FORMAT = 1
 
 
 def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
-    """Whether `path` is `folder` or lies under it, as written (absolute) or with links resolved."""
-    path, folder = Path(path), Path(folder)
-    return any(p == f or f in p.parents for p, f in ((Path(os.path.abspath(path)), Path(os.path.abspath(folder))),
-                                                     (path.resolve(), folder.resolve())))
+    """Whether `path` is `folder` or lies under it, links resolved (so `folder/link/..` is where the link points).
+    Raises DataError on a symlink loop."""
+    path, folder = resolved(path), resolved(folder)
+    return path == folder or folder in path.parents
 
 
 def check_quarantine(root: str | os.PathLike, quarantine: str | os.PathLike, kinds: Sequence[str]) -> tuple[Path, Path]:
@@ -37,7 +38,7 @@ def check_quarantine(root: str | os.PathLike, quarantine: str | os.PathLike, kin
     if unknown or not kinds:
         raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown) or 'none'}")
     inside = is_inside(quarantine, root)
-    root, quarantine = Path(root).resolve(), Path(quarantine).resolve()
+    root, quarantine = resolved(root), resolved(quarantine)
     existing = next(p for p in (quarantine, *quarantine.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{quarantine}: cannot be a folder: {existing} is a file")

@@ -23,7 +23,6 @@ class RunRecorder(keras.callbacks.Callback):
         self.patience = patience
         self.total_epochs = total_epochs  # for the whole run's ETA after each epoch
         self.started = time.perf_counter()
-        self.checkpointed: keras.Model | None = None  # what to save, when it is not the model being fit
 
     def best_model(self) -> keras.Model:
         best = self.run.state()
@@ -34,7 +33,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.record_epochs(self.checkpointed or self.model, [logs or {}], time.perf_counter() - self.started, first_epoch=epoch)
+        self.record_epochs(self.model, [logs or {}], time.perf_counter() - self.started, first_epoch=epoch)
         if self.total_epochs and epoch + 1 < self.total_epochs:
             seconds = time.perf_counter() - self.started
             left = (self.total_epochs - epoch - 1) * seconds

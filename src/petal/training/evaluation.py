@@ -19,7 +19,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data.cache import content_key
-from petal.data.index import ImageFolder, index_folder
+from petal.data.index import ImageFolder, index_folder, resolved
 from petal.errors import ConfigError, DataError, RunFolderError, printable
 from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.predict import PredictionError, Predictor
@@ -203,7 +203,7 @@ def default_output(model_path: str | os.PathLike, data_dir: str | os.PathLike | 
     run = run_of(path)
     name = "keras" if path.is_dir() else path.stem
     if data_dir is not None:
-        name += f"-on-{Path(data_dir).resolve().name}"
+        name += f"-on-{resolved(data_dir).name}"
     return (path if path.is_dir() else run.path if run else path.parent) / "evaluation" / name
 
 

@@ -33,7 +33,7 @@ from petal.training.augment import build_augmentation
 from petal.training.checkpoints import RunRecorder
 from petal.training.diagnosis import diagnose
 from petal.training.embeddings import EmbeddingCache
-from petal.training.models.backbones import fine_tuning_model, unfreeze_top_blocks
+from petal.training.models.backbones import fine_tuning_model, top_blocks, unfreeze_top_blocks
 from petal.training.models.flip_average import with_test_time_flip
 from petal.training.optimization import class_weights, compile_for_training, compile_like, dtype_policy
 from petal.training.pipeline import make_dataset
@@ -113,6 +113,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         # Built before anything is written: pretrained weights that cannot be had stop the run here.
         spec = None if start_epoch else build_classifier(config, num_classes)
+        if spec is not None and entry.pretrained:
+            top_blocks(spec.classifier, entry.block_pattern, config.fine_tune_blocks)  # refuse too many now, not after the head
         if not start_epoch:
             run.write_start(config, split)
         write_parallelism(run, config, config.strategy, replicas)
@@ -153,9 +155,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                 fitted = fine_tuning_model(model)  # the same weights, the frozen bottom folded: faster epochs
                 if fitted is not model:
                     compile_like(fitted, model)
-                    recorder.checkpointed = model
                 with timed(timings, "fine_tune"):
-                    _fit(fitted, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose, callbacks)
+                    _fit(fitted, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose, callbacks,
+                         classifier=model)
         else:
             if verbose:
                 model.summary()
@@ -242,9 +244,10 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
 
 
 def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder", start_epoch: int, augment, replicas: int,
-         verbose: int, extra_callbacks=()):
+         verbose: int, extra_callbacks=(), classifier: keras.Model | None = None):
     """Train on images from `start_epoch` up to config.total_epochs, recording every epoch (the recorder
-    runs before `extra_callbacks`, so they see a recorded epoch)."""
+    runs before `extra_callbacks`, so they see a recorded epoch). `classifier`: what the callbacks see, save and
+    stop when `model` is its fine-tuning copy (petal.training.models.backbones.fine_tuning_model)."""
     num_classes = len(data.split.train.class_names)
     batch_size = config.batch_size * replicas  # Keras splits each batch over the replicas
     train_ds = make_dataset(data.train, batch_size, num_classes, shuffle_seed=config.training_seed,
@@ -253,6 +256,8 @@ def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder"
         validation, callbacks = None, [_Validation(data.validation, config.batch_size, num_classes), recorder, *extra_callbacks]
     else:
         validation, callbacks = make_dataset(data.validation, batch_size, num_classes), [recorder, *extra_callbacks]
+    if classifier is not None and classifier is not model:
+        callbacks = [_OnClassifier(callbacks, classifier)]
     model.fit(
         train_ds,
         validation_data=validation,
@@ -263,6 +268,34 @@ def _fit(model, config: TrainConfig, data: PreparedData, recorder: "RunRecorder"
         shuffle=False,  # the dataset shuffles, by (seed, epoch)
         verbose=verbose,
     )
+
+
+class _OnClassifier(keras.callbacks.CallbackList):
+    """The run's callbacks while fine-tuning fits the classifier's folded copy: they see, checkpoint and may stop
+    the classifier (whose trainable weights the copy shares), as in every other stage."""
+
+    def __init__(self, callbacks, classifier: keras.Model):
+        self.classifier = classifier
+        self.fitted = None
+        super().__init__(callbacks, model=classifier)
+
+    def set_model(self, model):
+        if model is self.classifier:
+            super().set_model(model)
+        else:  # Keras hands every callback the model it fits
+            self.fitted = model
+
+    def on_train_begin(self, logs=None):
+        self.classifier.stop_training = False
+        super().on_train_begin(logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        self.fitted.stop_training |= self.classifier.stop_training
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.fitted.stop_training |= self.classifier.stop_training
 
 
 def predict_logits(model: keras.Model, images: CachedRows, batch_size: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from petal.errors import WeightsError
+from petal.errors import ConfigError, WeightsError
 from petal.registry import ModelSpec
 
 HEAD_DROPOUT = 0.2
@@ -148,14 +148,21 @@ def backbone_blocks(classifier: keras.Model, block_pattern: str) -> list[list[ke
     return list(blocks.values())
 
 
+def top_blocks(classifier: keras.Model, block_pattern: str, count: int) -> list[list[keras.layers.Layer]]:
+    """The top `count` blocks of the classifier's backbone (backbone_blocks). Raises ConfigError when it has fewer."""
+    blocks = backbone_blocks(classifier, block_pattern)
+    if not 0 <= count <= len(blocks):
+        raise ConfigError(f"--fine-tune-blocks {count}: this backbone has {len(blocks)} blocks")
+    return blocks[len(blocks) - count:] if count else []
+
+
 def unfreeze_top_blocks(classifier: keras.Model, block_pattern: str, count: int) -> int:
     """Make the top `count` blocks trainable, batch norm excepted: a frozen BatchNormalization runs in
     inference mode, so its statistics are not pulled towards a small data set. Returns the number of
     trainable weights."""
     backbone = classifier.get_layer(BACKBONE_LAYER)
+    chosen = {id(layer) for block in top_blocks(classifier, block_pattern, count) for layer in block}
     backbone.trainable = True
-    blocks = backbone_blocks(classifier, block_pattern)
-    chosen = {id(layer) for block in blocks[len(blocks) - count:] for layer in block} if count else set()
     for layer in backbone.layers:
         layer.trainable = id(layer) in chosen and not isinstance(layer, layers.BatchNormalization)
     return len(classifier.trainable_weights)
