@@ -93,3 +93,10 @@ def test_a_photo_filed_under_two_classes_reaches_the_report(tmp_path):
     copies = run.record("copies")
     assert copies["two_classes_count"] == 1 and "green/also_red.jpg" in copies["two_classes"][0]
     assert "files with the same contents under two classes" in (run / "report.html").read_text()
+
+
+def test_figure_titles_keep_their_line_breaks_and_escape_control_characters():
+    from petal.training.plots import drawable
+
+    assert drawable("roses -> tulips\nphoto.jpg  0.18") == "roses -> tulips\nphoto.jpg  0.18"  # a contact sheet's title
+    assert drawable("red\x1b[31m") == "red\\x1b[31m"

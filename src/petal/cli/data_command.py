@@ -85,7 +85,7 @@ def _save_sample_grid(folder, unusable: set[str], grid_path: Path) -> None:
         if path in unusable or not os.path.lexists(folder.absolute(path)):  # gone to the quarantine (--move-to)
             continue
         images.append(decode_image(folder.absolute(path), (180, 180)))
-        titles.append(folder.class_names[label])
+        titles.append(printable(folder.class_names[label]))
         if len(images) == 9:
             break
     plots.save_image_grid(images, titles, grid_path)

@@ -17,6 +17,7 @@ one. No TensorFlow: the light runtime applies it.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -135,6 +136,9 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, target: float | None = Non
     (default: halved_error_target of the accuracy). Below MIN_IMAGES images: none (always sure)."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) < MIN_IMAGES:
+        logging.getLogger(__name__).warning(
+            "only %d validation images (calibration needs %d): confidences are not calibrated and no answer is 'not sure'",
+            len(labels), MIN_IMAGES)
         return Calibration(images=len(labels))
     temperature = fit_temperature(logits, labels)
     probabilities = Calibration(temperature).probabilities(logits)

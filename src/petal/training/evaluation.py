@@ -64,7 +64,8 @@ class Evaluation:
         for name in self.class_names:
             m = self.per_class[name]
             lines.append(f"{printable(name):<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {int(m['support']):7d}")
-        lines.append(f"accuracy {self.accuracy:.4f}, top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, "
+        top_k = f"top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, " if self.top_k < len(self.class_names) else ""
+        lines.append(f"accuracy {self.accuracy:.4f}, {top_k}"
                      f"expected calibration error {self.expected_calibration_error:.4f}, on {self.images} images"
                      + (f" ({len(self.failed)} could not be read)" if self.failed else ""))
         if self.sure_threshold > 0:
@@ -190,7 +191,8 @@ def _write_files(evaluation: Evaluation, out: Path, data_root) -> list[Path]:
         from petal.data.decode import decode_image
 
         images = [decode_image(os.path.join(data_root, m.path), (160, 160)) for m in evaluation.mistakes]
-        titles = [f"{m.true} → {m.predicted} {100 * m.confidence:.0f}%\n{Path(m.path).name[:28]}" for m in evaluation.mistakes]
+        titles = [f"{printable(m.true)} → {printable(m.predicted)} {100 * m.confidence:.0f}%\n{printable(Path(m.path).name)[:28]}"
+                  for m in evaluation.mistakes]
         plots.save_image_grid(images, titles, out / "mistakes.jpg", columns=4)
     return written + [out / "confusion.png", out / "reliability.png"] + ([out / "mistakes.jpg"] if evaluation.mistakes else [])
 

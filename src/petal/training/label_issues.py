@@ -49,7 +49,7 @@ from petal.data.decode import DEFAULT_MAX_PIXELS
 from petal.data.doctor import KINDS, DoctorReport, Finding
 from petal.data.index import ImageFolder
 from petal.data.split import Split
-from petal.errors import ConfigError, DataError
+from petal.errors import ConfigError, DataError, printable
 
 log = logging.getLogger(__name__)
 
@@ -414,8 +414,9 @@ def save_contact_sheet(issues: LabelIssues, path: str | os.PathLike, *, limit: i
     pictures = issues.images.gather(np.array([row_of[f.path] for f in chosen]))
     titles = []
     for rank, f in enumerate(chosen, start=1):
-        what = f"{f.given} -> {f.suggested}" if f.kind == "label-issue" else f"outlier: {f.given} ({f.suggested}?)"
-        name = Path(f.path).name
+        given, suggested = printable(f.given), printable(f.suggested)
+        what = f"{given} -> {suggested}" if f.kind == "label-issue" else f"outlier: {given} ({suggested}?)"
+        name = printable(Path(f.path).name)
         titles.append(f"{rank}. {what}\n{name if len(name) <= 30 else name[:27] + '...'}  {f.score:.2f}")
     save_image_grid(pictures, titles, path, columns=columns)
     return Path(path)

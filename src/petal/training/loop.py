@@ -449,7 +449,7 @@ def _write_previews(run: RunFolder, images: CachedRows, class_names, augment) ->
     """samples.jpg: nine training images; augmentation.jpg: the first one through the augmentation nine times."""
     count = min(9, len(images))
     batch = images.gather(np.arange(count))
-    save_image_grid(batch, [class_names[label] for label in images.labels[:count]], run / "samples.jpg")
+    save_image_grid(batch, [printable(class_names[label]) for label in images.labels[:count]], run / "samples.jpg")
     if augment is not None:
         first = np.repeat(batch[:1].astype("float32"), 9, axis=0)
         one_hot = np.eye(len(class_names), dtype="float32")[np.repeat(images.labels[:1], 9)]

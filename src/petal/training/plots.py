@@ -22,8 +22,10 @@ from petal.errors import printable
 def drawable(text: str) -> str:
     """`text` as matplotlib can draw it: names that are not valid UTF-8 (kept as surrogate escapes, see
     petal.data.index) are shown escaped, e.g. '\\xff\\xfecls', instead of crashing the text renderer; control
-    characters too (no font has a glyph for them)."""
-    return printable(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    characters too (no font has a glyph for them), but for the newlines that break a title into lines: callers
+    escape the names they put in a title (petal.errors.printable)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, columns: int = 3) -> None:
