@@ -90,3 +90,10 @@ def test_a_calibration_a_fit_cannot_give_is_refused_in_one_line(values):
 def test_too_few_validation_images_are_not_calibrated_to_noise():
     calibration = calibrate(np.array([[3.0, 0.0]] * 5), np.array([1, 1, 1, 1, 1]))
     assert (calibration.temperature, calibration.threshold, calibration.images) == (1.0, 0.0, 5)
+
+
+def test_too_few_validation_images_for_a_calibration_say_so(caplog):
+    logits = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+    calibration = calibrate(logits, np.arange(10) % 3)
+    assert calibration.temperature == 1.0 and calibration.threshold == 0.0
+    assert "only 10 validation images (calibration needs 25)" in caplog.text

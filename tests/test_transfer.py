@@ -271,14 +271,6 @@ def test_the_fine_tuning_model_shares_the_trainable_weights_and_predicts_the_sam
 
 
 
-def test_early_stopping_stops_fine_tuning(tmp_path, weights_file):
-    data = make_folder(tmp_path / "photos", per_class=8)
-    config = transfer_config(data, weights_file, epochs=2, fine_tune_blocks=1, fine_tune_epochs=4,
-                             fine_tune_learning_rate=1e-12, early_stopping=1)  # fine-tuning cannot improve
-    result = train(config, tmp_path / "run", verbose=0)
-    assert len(result.history["val_accuracy"]) == 3
-
-
 class _Seen(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -288,11 +280,14 @@ class _Seen(keras.callbacks.Callback):
         self.models.append(self.model)
 
 
-def test_callbacks_see_the_classifier_while_fine_tuning(tmp_path, weights_file):
+def test_fine_tuning_callbacks_run_on_the_classifier_and_early_stopping_stops_it(tmp_path, weights_file):
     data = make_folder(tmp_path / "photos", per_class=8)
     seen = _Seen()
-    train(transfer_config(data, weights_file, epochs=1, fine_tune_blocks=1, fine_tune_epochs=1), tmp_path / "run",
-          verbose=0, callbacks=[seen])
+    config = transfer_config(data, weights_file, epochs=2, fine_tune_blocks=1, fine_tune_epochs=4,
+                             fine_tune_learning_rate=1e-12, early_stopping=1)  # fine-tuning cannot improve
+    result = train(config, tmp_path / "run", verbose=0, callbacks=[seen])
+
+    assert len(result.history["val_accuracy"]) == 3  # stopped after its first fine-tuning epoch
     fine_tuned = seen.models[-1]
     assert BACKBONE_LAYER in [layer.name for layer in fine_tuned.layers]
     fine_tuned.save(tmp_path / "from-a-callback.keras")  # a plain classifier: it loads
