@@ -37,12 +37,11 @@ def check_quarantine(root: str | os.PathLike, quarantine: str | os.PathLike, kin
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         raise ConfigError(f"kinds must be among {', '.join(KINDS)}. Received: {', '.join(unknown) or 'none'}")
-    inside = is_inside(quarantine, root)
     root, quarantine = resolved(root), resolved(quarantine)
     existing = next(p for p in (quarantine, *quarantine.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{quarantine}: cannot be a folder: {existing} is a file")
-    if inside:
+    if is_inside(quarantine, root):
         raise ConfigError(f"{quarantine}: the quarantine folder must be outside the data folder {root} (inside it, it would be read as a class)")
     if quarantine.exists() and not quarantine.is_dir():
         raise ConfigError(f"{quarantine}: is a file; --move-to takes a folder")

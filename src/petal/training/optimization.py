@@ -26,14 +26,18 @@ def compile_for_training(model: keras.Model, config: TrainConfig, train_images: 
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        metrics=_metrics(),
     )
 
 
 def compile_like(model: keras.Model, compiled: keras.Model) -> None:
     """Compile `model` with the optimizer (and so its state), loss and metrics of `compiled`, whose trainable
     weights it shares: fine-tuning fits one model and checkpoints the other (petal.training.loop)."""
-    model.compile(optimizer=compiled.optimizer, loss=compiled.loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    model.compile(optimizer=compiled.optimizer, loss=compiled.loss, metrics=_metrics())
+
+
+def _metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
 
 def learning_rate(schedule: str, peak_rate: float, epochs: int, warmup_epochs: int,
