@@ -26,10 +26,12 @@ def limit_malloc_arenas() -> bool:
     glibc gives threads that allocate at once arenas of their own, up to 8 per core, and keeps what they
     free for reuse by the same arena; decoding threads, tf.data and TensorFlow's pools spread a run over
     many arenas. Two measured 64 MB less peak RSS training the default model from a cold cache, at the same
-    speed (docs/BENCHMARKS.md). Arenas made before the call are kept: call it before threads start.
+    speed (docs/BENCHMARKS.md). Arenas made before the call are kept: call it before threads start. The
+    processes petal starts (a local Ray cluster's workers) get the same cap through MALLOC_ARENA_MAX.
     Returns whether the cap was set (False off glibc, or when the user chose)."""
     if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
         return False
+    os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)  # read by glibc when a child process starts
     return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS))
 
 
