@@ -45,6 +45,8 @@ def test_train_writes_a_complete_run_folder(trained_run):
     closing = trained_run["train"].stdout.splitlines()[-3:]  # total time and result, the report's path, the next command
     saved = json.loads((run / "validation.json").read_text())  # the saved model's: what export and evaluate report
     assert closing[0].startswith("Trained in ") and "(2 epochs)" in closing[0]
+    took = re.search(r"took (\d+ min \d+ s)", (run / "report.html").read_text()).group(1)
+    assert closing[0].startswith(f"Trained in {took} ")  # the command and its report give one wall time
     assert f"validation accuracy {saved['accuracy']:.4f} on {saved['images']} photos" in closing[0]
     assert closing[1] == f"Run folder: {run}  (report: {run / 'report.html'})"
     assert closing[2] == f"Next: petal export {run}"

@@ -66,7 +66,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     else:
         model = load_keras_model(run.checkpoint_dir / run.state()["model"])
     num_classes = len(split.train.class_names)
-    return single.finish(run, config, model, num_classes, timings, skipped={}, seconds=time.perf_counter() - started)
+    return single.finish(run, config, model, num_classes, timings, skipped={}, started=started)
 
 
 def _ray_dir(run: RunFolder) -> Path:

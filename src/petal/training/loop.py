@@ -165,7 +165,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                 _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose, callbacks)
         if config.early_stopping:
             model = recorder.best_model()
-    return finish(run, config, model, num_classes, timings, data.skipped, time.perf_counter() - started, data.validation)
+    return finish(run, config, model, num_classes, timings, data.skipped, started, data.validation)
 
 
 def check_model_settings(config: TrainConfig):
@@ -219,10 +219,12 @@ def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replic
 
 
 def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: dict,
-           skipped: dict[str, str], seconds: float | None = None, validation: CachedRows | None = None) -> TrainResult:
+           skipped: dict[str, str], started: float | None = None, validation: CachedRows | None = None) -> TrainResult:
     """What every way of training ends with: model.keras (float32, uncompiled), its calibration on the
-    validation split (petal.runtime.calibration), timings, curves, diagnosis, report. `validation`: the
-    split's rows when the caller has them already (else read from the decode cache)."""
+    validation split (petal.runtime.calibration), timings, curves, diagnosis, report. `started`: the
+    time.perf_counter() at which the run started; its wall time, saving and calibration included, is recorded as
+    `seconds` (what report.html and `petal train` say). `validation`: the split's rows when the caller has them
+    already (else read from the decode cache)."""
     saved = _inference_copy(model, config, num_classes)
     with atomic.atomic_path(run.model_path) as tmp:
         saved.save(tmp)
@@ -233,7 +235,7 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
     run.write_record("calibration", calibrate(logits, validation.labels).to_dict())
     run.write_record("validation", {"images": len(validation), "accuracy": float(np.mean(predicted == validation.labels)),
                                     "confusion": confusion_matrix(validation.labels, predicted, num_classes).tolist()})
-    run.write_record("environment", {**environment(), "seconds": None if seconds is None else round(seconds, 1)})
+    run.write_record("environment", {**environment(), "seconds": None if started is None else round(time.perf_counter() - started, 1)})
     run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")

@@ -68,9 +68,10 @@ def _meta_line(run: RunFolder) -> str:
     parts = []
     if env:
         parts.append(f"finished {_e(env['finished'])}")
-    seconds = env.get("seconds") or sum(timings.values())  # the whole command's, else its stages'
+    seconds = env.get("seconds") or sum(timings.values())  # the training run's (saving and calibration included), else its stages'
     if seconds:
-        parts.append(f"took {int(seconds // 60)} min {round(seconds % 60)} s")
+        minutes, rest = divmod(round(seconds), 60)  # as `petal train` prints it
+        parts.append(f"took {minutes} min {rest} s")
     if env:
         parts.append(f"petal {_e(env['petal'])}, TensorFlow {_e(env['tensorflow'])}, Keras {_e(env['keras'])}, Python {_e(env['python'])}")
         parts.append(_e(env["device"]))
