@@ -241,7 +241,6 @@ class _StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.slow  # two trainings; the breaker's kill-and-resume checks cover it by hand too
 def test_fine_tuning_fits_a_folded_bottom_and_checkpoints_the_classifier_with_its_optimizer(tmp_path, weights_file):
     data = make_folder(tmp_path / "photos", per_class=8)
     config = transfer_config(data, weights_file, epochs=2, fine_tune_blocks=2, fine_tune_epochs=2)
