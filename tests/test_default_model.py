@@ -110,7 +110,7 @@ print(child, open(path).read().count("<heap nr="))
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 @pytest.mark.parametrize("user_choice, at_most", [(None, 2), ("8", 8)])
 def test_the_petal_command_and_its_children_keep_malloc_to_two_arenas_unless_the_user_chose(user_choice, at_most):
-    # each thread's own arena kept 64 MB more peak memory training the default model from a cold cache
+    # an arena per thread kept 100 MB more peak memory training the default model from a cold cache
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     if user_choice:
         env["MALLOC_ARENA_MAX"] = user_choice

@@ -25,8 +25,8 @@ def limit_malloc_arenas() -> bool:
 
     glibc gives threads that allocate at once arenas of their own, up to 8 per core, and keeps what they
     free for reuse by the same arena; decoding threads, tf.data and TensorFlow's pools spread a run over
-    many arenas. Two measured 64 MB less peak RSS training the default model from a cold cache, at the same
-    speed (docs/BENCHMARKS.md). Arenas made before the call are kept: call it before threads start. The
+    many arenas. With two, training the default model from a cold cache peaked at 1.33 GB instead of 1.44,
+    at the same speed (docs/BENCHMARKS.md, "Two malloc arenas"). Arenas made before the call are kept: call it before threads start. The
     processes petal starts (a local Ray cluster's workers) get the same cap through MALLOC_ARENA_MAX.
     Returns whether the cap was set (False off glibc, or when the user chose)."""
     if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
