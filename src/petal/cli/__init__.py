@@ -17,22 +17,28 @@ from petal.cli.common import EXIT_ERROR
 from petal.errors import PetalError, printable
 
 M_ARENA_MAX = -8  # glibc's malloc.h
-MALLOC_ARENAS = 2
+
+
+def malloc_arenas() -> int:
+    """One arena per core (at least 2): what petal's processes allocate from (see limit_malloc_arenas)."""
+    return max(2, os.cpu_count() or 1)
 
 
 def limit_malloc_arenas() -> bool:
-    """Cap glibc's malloc at MALLOC_ARENAS arenas for this process, unless MALLOC_ARENA_MAX is set.
+    """Cap glibc's malloc at malloc_arenas() arenas for this process, unless MALLOC_ARENA_MAX is set.
 
     glibc gives threads that allocate at once arenas of their own, up to 8 per core, and keeps what they
     free for reuse by the same arena; decoding threads, tf.data and TensorFlow's pools spread a run over
-    many arenas. With two, training the default model from a cold cache peaked at 1.33 GB instead of 1.44,
-    at the same speed (docs/BENCHMARKS.md, "Two malloc arenas"). Arenas made before the call are kept: call it before threads start. The
-    processes petal starts (a local Ray cluster's workers) get the same cap through MALLOC_ARENA_MAX.
-    Returns whether the cap was set (False off glibc, or when the user chose)."""
+    many arenas. With one per core (2 here), training the default model from a cold cache peaked at 1.33 GB
+    instead of 1.44, at the same speed (docs/BENCHMARKS.md, "Two malloc arenas"); no more threads than
+    cores run at once, so they rarely wait for each other's arena. Arenas made before the call are kept: call
+    it before threads start. The processes petal starts (a local Ray cluster's workers) get the same cap
+    through MALLOC_ARENA_MAX. Returns whether the cap was set (False off glibc, or when the user chose)."""
     if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
         return False
-    os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)  # read by glibc when a child process starts
-    return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS))
+    arenas = malloc_arenas()
+    os.environ["MALLOC_ARENA_MAX"] = str(arenas)  # read by glibc when a child process starts
+    return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
 
 
 def main(argv: list[str] | None = None) -> int:
