@@ -66,6 +66,15 @@ def test_an_integer_only_model_predicts_what_keras_predicts(trained_run, tmp_pat
     assert [p.label for p in lite] == [p.label for p in keras] == list(CLASS_COLOURS)
 
 
+def test_the_report_counts_the_images_that_calibrated_int8_not_the_number_asked_for(trained_run):
+    training_images = len((trained_run / "split" / "train.csv").read_text().splitlines()) - 1  # fewer than the 300 asked
+
+    report = export_litert(trained_run, ExportConfig(variants=("int8",)))
+
+    assert report.config["calibration_images"] == 300
+    assert report.calibrated_on == training_images == len((trained_run / "export" / "calibration.csv").read_text().splitlines()) - 1
+
+
 def test_the_gate_rejects_an_int8_model_calibrated_on_constant_images(trained_run, capsys):
     black = np.zeros((50, 32, 32, 3), np.uint8)
 

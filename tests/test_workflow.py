@@ -45,7 +45,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
     closing = trained_run["train"].stdout.splitlines()[-3:]  # total time and result, the report's path, the next command
     saved = json.loads((run / "validation.json").read_text())  # the saved model's: what export and evaluate report
     assert closing[0].startswith("Trained in ") and "(2 epochs)" in closing[0]
-    took = re.search(r"took (\d+ min \d+ s)", (run / "report.html").read_text()).group(1)
+    took = re.search(r"took ((?:\d+ min )?\d+ s)", (run / "report.html").read_text()).group(1)
     assert closing[0].startswith(f"Trained in {took} ")  # the command and its report give one wall time
     assert f"validation accuracy {saved['accuracy']:.4f} on {saved['images']} photos" in closing[0]
     assert closing[1] == f"Run folder: {run}  (report: {run / 'report.html'})"
@@ -179,7 +179,7 @@ def test_demo_runs_the_whole_workflow_on_the_bundled_sample(tmp_path):
     assert result.returncode == 0, result.stderr
     for step in ("== 1/4 data", "== 2/4 train", "== 3/4 export", "== 4/4 predict"):
         assert step in result.stdout
-    assert re.search(r"^Validation accuracy: \d\.\d{4} on 60 photos", result.stdout, re.M)
+    assert re.search(r"^Trained in (\d+ min )?\d+ s \(2 epochs\): validation accuracy \d\.\d{4} on 60 photos", result.stdout, re.M)
     assert result.stdout.count("  top 3: ") == 3  # three predictions, each "most likely ..." or "not sure: ..."
     export = tmp_path / "demo-run" / "export"
     report = json.loads((export / "report.json").read_text())

@@ -219,6 +219,12 @@ class RunFolder:
         return _with_keys(path, read_json(path), EXPORT_KEYS) if path.exists() else None
 
 
+def duration(seconds: float) -> str:
+    """A run's wall time (environment.json's `seconds`) as `petal train` and report.html give it: "2 min 5 s", "44 s"."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
 def remove_stale(path: Path) -> None:
     """Remove a file an earlier export wrote that this one replaces with nothing."""
     if path.exists():

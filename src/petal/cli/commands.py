@@ -16,7 +16,7 @@ from petal.data.index import resolved
 from petal.data.quarantine import EXCLUDE_KINDS, read_exclusion_list
 from petal.errors import PetalError, printable
 from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
-from petal.run_folder import RunFolder
+from petal.run_folder import RunFolder, duration
 from petal.runtime.native_log import native_log_silenced
 
 SETTINGS = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata]  # petal train's flags, one per setting
@@ -45,13 +45,19 @@ def cmd_train(args) -> int:
                              "diagnosis": result.diagnosis, "seconds": result.run.record("environment")["seconds"],
                              "next": f"petal export {result.run.path}"})
         return 0
-    minutes, seconds = divmod(round(result.run.record("environment")["seconds"]), 60)  # report.html says the same
-    saved = result.run.record("validation")  # the saved float32 model's, as export and evaluate will see it
-    print(f"Trained in {minutes} min {seconds} s ({len(history)} epochs): validation accuracy {saved['accuracy']:.4f} "
-          f"on {saved['images']} photos it never trained on")
+    print(trained_summary(result))
     print(f"Run folder: {result.run.path}  (report: {result.run / 'report.html'})")
     print(f"Next: petal export {result.run.path}")
     return 0
+
+
+def trained_summary(result) -> str:
+    """How `petal train` and the demo end training: the run's wall time (as report.html gives it) and the saved
+    float32 model's validation accuracy, as export and evaluate will see it."""
+    epochs = len(result.history.get("val_accuracy") or [None])
+    saved = result.run.record("validation")
+    return (f"Trained in {duration(result.run.record('environment')['seconds'])} ({epochs} epochs): validation accuracy "
+            f"{saved['accuracy']:.4f} on {saved['images']} photos it never trained on")
 
 
 def cmd_export(args) -> int:
@@ -200,8 +206,7 @@ def cmd_demo(args) -> int:
     cmd_data(argparse.Namespace(**{**vars(args), "data_dir": data_dir, "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS, **data_only}))
     print("== 2/4 train")
     result = _train(args, data_dir)
-    saved = result.run.record("validation")
-    print(f"Validation accuracy: {saved['accuracy']:.4f} on {saved['images']} photos the model never trained on")
+    print(trained_summary(result))
     print("== 3/4 export")
     export_and_report(result.run.path, ExportConfig(), gate_failure_is_error=False)  # the demo goes on with float32
     print("== 4/4 predict (a validation image of each of three classes, through the .tflite)")

@@ -84,7 +84,6 @@ def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantin
         except OSError as exc:
             raise PetalError(f"{root / entry['path']}: cannot move it to {target} ({exc.strerror or exc}); the files before it "
                              f"were moved: petal data --undo-move {manifest} puts them back") from None
-    log.info("moved %d files to %s; undo: petal data --undo-move %s", len(entries), quarantine, manifest)
     return manifest, len(entries)
 
 

@@ -62,6 +62,7 @@ class ExportReport:
     keras_speed: Speed  # TensorFlow with its default threads
     images: int
     variants: list[VariantReport]
+    calibrated_on: int | None = None  # images that calibrated int8 (config.calibration_images or every training image, if fewer)
 
     @property
     def failed(self) -> list[VariantReport]:
@@ -136,6 +137,7 @@ def export_litert(
         keras_speed=measure_keras_speed(model, timing_batch),
         images=len(validation),
         variants=reports,
+        calibrated_on=None if calibration_images is None else len(calibration_images),
     )
     run.write_export_report(asdict(result), result.markdown())
     build_report(run.path)

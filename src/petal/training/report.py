@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from petal import atomic
-from petal.run_folder import RunFolder
+from petal.run_folder import RunFolder, duration
 from petal.runtime.calibration import Calibration
 
 STYLE = """
@@ -70,8 +70,7 @@ def _meta_line(run: RunFolder) -> str:
         parts.append(f"finished {_e(env['finished'])}")
     seconds = env.get("seconds") or sum(timings.values())  # the training run's (saving and calibration included), else its stages'
     if seconds:
-        minutes, rest = divmod(round(seconds), 60)  # as `petal train` prints it
-        parts.append(f"took {minutes} min {rest} s")
+        parts.append(f"took {duration(seconds)}")
     if env:
         parts.append(f"petal {_e(env['petal'])}, TensorFlow {_e(env['tensorflow'])}, Keras {_e(env['keras'])}, Python {_e(env['python'])}")
         parts.append(_e(env["device"]))
