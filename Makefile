@@ -28,8 +28,9 @@ demo: $(VENV)/.installed
 	$(SAME_PYTHON)$(BIN)/petal demo
 
 # Test files spread over one pytest-xdist worker per core (at most 4: each may hold TensorFlow's 1-2 GB); a
-# file's tests stay on one worker, so its module fixtures (a trained run) are made once. PYTEST_WORKERS=-n0: one process.
-PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
+# file's tests stay on one worker, so its module fixtures (a trained run) are made once, and the files that start
+# Ray clusters share one (tests/conftest.py). PYTEST_WORKERS=-n0: one process.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadgroup
 test: $(VENV)/.installed
 	$(SAME_PYTHON)$(BIN)/ruff check --quiet . && $(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 

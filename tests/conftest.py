@@ -56,9 +56,20 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# Files whose tests start local Ray clusters: they check and clean the sessions folder petal's clusters share
+# (petal.scale.cluster.SESSIONS_ROOT), so under pytest-xdist they run on one worker, one after another.
+RAY_FILES = {"test_batch.py", "test_cluster.py", "test_distributed.py", "test_json_output.py"}
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("CI") == "true" and os.environ.get("PETAL_SLOW_TESTS") != "1":
-        skip = pytest.mark.skip(reason="slow; set PETAL_SLOW_TESTS=1 to run under CI")
-        for item in items:
-            if "slow" in item.keywords:
-                item.add_marker(skip)
+    slow_skipped = os.environ.get("CI") == "true" and os.environ.get("PETAL_SLOW_TESTS") != "1"
+    skip = pytest.mark.skip(reason="slow; set PETAL_SLOW_TESTS=1 to run under CI")
+    # The slow tests kill Ray runs and check who stops what they left; any petal command on another worker would,
+    # so with them on, every test shares one worker.
+    one_worker = not slow_skipped and any("slow" in item.keywords for item in items)
+    for item in items:
+        if slow_skipped and "slow" in item.keywords:
+            item.add_marker(skip)
+        # pytest-xdist's loadgroup (Makefile): a file's tests on one worker, so its module fixtures are made once.
+        group = "all" if one_worker else "ray" if item.path.name in RAY_FILES else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -120,3 +120,26 @@ def test_the_demo_notes_a_variant_that_fails_the_gate_without_calling_it_an_erro
     assert "Note: int8 failed the parity gate" in out and "error" not in err
     assert (trained_run / "export" / "model-float32.tflite").exists()
 
+
+
+def test_export_labels_keep_a_class_name_with_a_carriage_return_on_one_line(tmp_path):
+    from petal.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.export_dir.mkdir(parents=True)
+    run.labels_path.write_bytes(b"bl ue\ngreen\nre\rd\n")  # labels.txt as training writes it: one name a line
+
+    run.write_export_report({"variants": []}, "")
+
+    assert (run.export_dir / "labels.txt").read_bytes() == b"bl ue\ngreen\nre\rd\n"
+
+
+def test_export_json_with_a_variant_failing_the_gate_still_says_so_in_one_line(trained_run, capsys, monkeypatch):
+    from petal.training import parity
+
+    monkeypatch.setattr(parity, "gate_failure", lambda report, config: "failed on purpose")
+
+    assert main(["export", str(trained_run), "--quantize", "float32", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["variants"][0]["passed"] is False
+    assert "petal: error: float32 failed the parity gate" in err

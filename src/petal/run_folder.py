@@ -197,7 +197,7 @@ class RunFolder:
         metadata (TFLite Task Library style: one label per line, in output order)."""
         atomic.write_json(self.export_dir / "report.json", {"schema_version": SCHEMA_VERSION, **report})
         atomic.write_text(self.export_dir / "report.md", markdown)
-        atomic.write_text(self.export_dir / "labels.txt", self.labels_path.read_text(encoding="utf-8", errors="surrogateescape"))
+        atomic.write_bytes(self.export_dir / "labels.txt", self.labels_path.read_bytes())  # bytes: a "\r" in a class name stays one line
         remove_stale(self.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
 
     def recommended_model(self) -> str | None:

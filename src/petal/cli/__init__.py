@@ -34,7 +34,7 @@ def limit_malloc_arenas() -> bool:
     cores run at once, so they rarely wait for each other's arena. Arenas made before the call are kept: call
     it before threads start. The processes petal starts (a local Ray cluster's workers) get the same cap
     through MALLOC_ARENA_MAX. Returns whether the cap was set (False off glibc, or when the user chose)."""
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+    if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
         return False
     arenas = malloc_arenas()
     os.environ["MALLOC_ARENA_MAX"] = str(arenas)  # read by glibc when a child process starts

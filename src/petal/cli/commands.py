@@ -75,13 +75,16 @@ def cmd_export(args) -> int:
 def export_and_report(run_dir, config: ExportConfig, as_json: bool = False, gate_failure_is_error: bool = True) -> int:
     """Export every variant behind the parity gate and print the table and what was written. A variant that
     fails the gate is an error (exit 1) unless `gate_failure_is_error` is False (the demo, which goes on
-    with float32): then a note."""
+    with a variant that passed): then a note."""
     with needs_extra("petal export"):
         from petal.training import export
     report = export.export_litert(run_dir, config, progress=progress_bar())
     failed_gate = bool(report.failed and config.gate)
+    failed = f"{', '.join(v.variant for v in report.failed)} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable"
     if as_json:
         print_json("export", {**dataclasses.asdict(report), "report": str(Path(report.run) / "export" / "report.json")})
+        if failed_gate:
+            print(f"petal: error: {failed}", file=sys.stderr)
         return EXIT_PARTIAL if failed_gate else 0
     print(report.markdown())
     for variant in report.variants:
@@ -91,9 +94,7 @@ def export_and_report(run_dir, config: ExportConfig, as_json: bool = False, gate
     recommended = RunFolder(report.run).recommended_model()
     if recommended:
         print(f"Next: petal serve {recommended}  (the fastest variant that passed the gate), or petal predict {recommended} PHOTO")
-    if report.failed and config.gate:
-        names = ", ".join(v.variant for v in report.failed)
-        failed = f"{names} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable"
+    if failed_gate:
         if not gate_failure_is_error:
             print(f"Note: {failed}")
             return 0
@@ -208,14 +209,15 @@ def cmd_demo(args) -> int:
     result = _train(args, data_dir)
     print(trained_summary(result))
     print("== 3/4 export")
-    export_and_report(result.run.path, ExportConfig(), gate_failure_is_error=False)  # the demo goes on with float32
-    print("== 4/4 predict (a validation image of each of three classes, through the .tflite)")
+    export_and_report(result.run.path, ExportConfig(), gate_failure_is_error=False)  # the demo goes on with a variant that passed
+    model = result.run.recommended_model()  # the fastest .tflite that passed the gate
+    print(f"== 4/4 predict (a validation image of each of three classes, through {Path(model).name if model else 'the Keras model: no .tflite passed the gate'})")
     validation = result.run.split("validation")
     first_of_class = {}
     for path, label in zip(validation.paths, validation.labels):
         first_of_class.setdefault(label, validation.absolute(path))
     images = list(first_of_class.values())[:3]
-    cmd_predict(argparse.Namespace(model=result.run.export_dir / "model-float32.tflite", images=images, top_k=3, json=False))
+    cmd_predict(argparse.Namespace(model=model or result.run.path, images=images, top_k=3, json=False))
     print(f"Run folder: {result.run.path}  (open report.html: curves, diagnosis, samples, export table)")
     return 0
 

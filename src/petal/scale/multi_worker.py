@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -198,7 +199,7 @@ class _HistoryPrinter(threading.Thread):
         history = self.folder.history() if self.folder.history_path.exists() else {}
         for i in range(self.shown, len(history.get("epoch", []))):
             print(f"epoch {int(history['epoch'][i])}/{self.epochs}: accuracy {history['accuracy'][i]:.4f}, "
-                  f"val_accuracy {history['val_accuracy'][i]:.4f} ({history['seconds'][i]:.0f} s)", flush=True)
+                  f"val_accuracy {history['val_accuracy'][i]:.4f} ({history['seconds'][i]:.0f} s)", file=sys.stderr, flush=True)
             self.shown = i + 1
 
     def run(self) -> None:  # noqa: D102 - threading.Thread's entry point
