@@ -27,10 +27,11 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(SAME_PYTHON)$(BIN)/petal demo
 
-# Test files spread over one pytest-xdist worker per core (at most 4: each may hold TensorFlow's 1-2 GB); a
-# file's tests stay on one worker, so its module fixtures (a trained run) are made once, and the files that start
-# Ray clusters share one (tests/conftest.py). PYTEST_WORKERS=-n0: one process.
-PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadgroup
+# With CI=true (slow tests skipped), test files spread over one pytest-xdist worker per core (at most 4: each may
+# hold TensorFlow's 1-2 GB); a file's tests stay on one worker, so its module fixtures (a trained run) are made
+# once, and one file that starts Ray clusters runs at a time (tests/conftest.py). The slow tests kill Ray runs and
+# check who stops what they left, which a petal command on another worker would do: with them, one process.
+PYTEST_WORKERS ?= $(if $(and $(filter true,$(CI)),$(filter-out 1_,$(PETAL_SLOW_TESTS)_)),-n auto --maxprocesses 4 --dist loadfile,-n0)
 test: $(VENV)/.installed
 	$(SAME_PYTHON)$(BIN)/ruff check --quiet . && $(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 

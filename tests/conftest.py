@@ -1,3 +1,4 @@
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -57,19 +58,24 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 # Files whose tests start local Ray clusters: they check and clean the sessions folder petal's clusters share
-# (petal.scale.cluster.SESSIONS_ROOT), so under pytest-xdist they run on one worker, one after another.
+# (petal.scale.cluster.SESSIONS_ROOT), so under pytest-xdist (Makefile) one such file runs at a time.
 RAY_FILES = {"test_batch.py", "test_cluster.py", "test_distributed.py", "test_json_output.py"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_ray_file_at_a_time(request, tmp_path_factory):
+    if request.path.name not in RAY_FILES:
+        yield
+        return
+    lock = tmp_path_factory.getbasetemp().parent / "ray-files.lock"  # shared by the xdist workers of one run
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
-    slow_skipped = os.environ.get("CI") == "true" and os.environ.get("PETAL_SLOW_TESTS") != "1"
-    skip = pytest.mark.skip(reason="slow; set PETAL_SLOW_TESTS=1 to run under CI")
-    # The slow tests kill Ray runs and check who stops what they left; any petal command on another worker would,
-    # so with them on, every test shares one worker.
-    one_worker = not slow_skipped and any("slow" in item.keywords for item in items)
-    for item in items:
-        if slow_skipped and "slow" in item.keywords:
-            item.add_marker(skip)
-        # pytest-xdist's loadgroup (Makefile): a file's tests on one worker, so its module fixtures are made once.
-        group = "all" if one_worker else "ray" if item.path.name in RAY_FILES else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("CI") == "true" and os.environ.get("PETAL_SLOW_TESTS") != "1":
+        skip = pytest.mark.skip(reason="slow; set PETAL_SLOW_TESTS=1 to run under CI")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
