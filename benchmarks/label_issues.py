@@ -8,7 +8,8 @@
    (timed, as a user runs it); then recall of the moved photos among the top 110 label-issue findings, and
    how many of all flagged photos were moved. The flagged photos that were not moved go to a contact sheet
    (noisy-not-moved.png) for a person to judge.
-   --sweep: the same measures for other heads, folds and cleanlab filters, on the cached embeddings.
+   --sweep: the same measures for other heads and cleanlab filters, on the cached embeddings of this copy and of
+   DRAWS more seeded noise draws (relabelled in memory).
 2. The untouched folder: its top 30 label-issue findings and every outlier, with contact sheets.
 3. Near copies: 50 seeded random photos, each re-encoded at JPEG quality 60, resized to half size and cropped
    by 5% (left and top), added beside their originals. For each threshold: how many of the 150 copies lie
@@ -39,6 +40,7 @@ SEED = 2026
 COPIES = 50
 DISTANCES = (0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.12, 0.15)
 HAMMING = (0, 2, 4, 6, 8, 10, 12)
+DRAWS = 6  # in-memory noise draws beside the copy, for --sweep
 
 
 def main():
@@ -46,7 +48,7 @@ def main():
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "datasets" / "flower_photos")
     parser.add_argument("--work", type=Path, default=Path("/tmp/petal-label-issues"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "label_issues")
-    parser.add_argument("--sweep", action="store_true", help="also measure other heads, folds and filters")
+    parser.add_argument("--sweep", action="store_true", help="also measure other heads and filters, on more noise draws")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: noise,untouched,copies")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -145,34 +147,52 @@ def label_noise(args) -> dict:
 
 
 def sweep(found, moved: dict[str, str], cache: Path) -> list[dict]:
-    """Heads, folds and filters on the same embeddings: recall among the top len(moved), and flagged counts."""
+    """Heads and cleanlab filters on the same embeddings: recall of the moved photos among the top len(moved)
+    findings, and flagged counts; on this copy, then on DRAWS more noise draws made in memory (a moved photo's
+    embedding is the same in any class folder, so moving it is relabelling its row)."""
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    from petal.training.label_issues import out_of_sample_probabilities, power_normalise
 
     features = _embeddings(found, cache)
-    labels = found.labels
-    is_moved = np.array([p in moved for p in found.paths])
-    heads = {
-        "standardised, C=0.1": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)),
-        "standardised, C=1": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)),
-        "L2-normalised, C=10": lambda: make_pipeline(Normalizer(), LogisticRegression(C=10.0, max_iter=2000)),
+    given = found.labels
+    truth = np.array([found.class_names.index(moved[p]) if p in moved else given[i] for i, p in enumerate(found.paths)])
+
+    def cv(head, x, labels):
+        return cross_val_predict(head, x, labels, cv=StratifiedKFold(5, shuffle=True, random_state=123), method="predict_proba")
+
+    heads = {  # name -> labels -> out-of-sample probabilities
+        "raw, C=0.003 (the default until 2026-11-30 evening)": lambda y: cv(LogisticRegression(C=0.003, max_iter=3000), features, y),
+        "power-normalised, C=3": lambda y: cv(LogisticRegression(C=3.0, max_iter=3000), power_normalise(features), y),
+        "power-normalised, C=10": lambda y: cv(LogisticRegression(C=10.0, max_iter=3000), power_normalise(features), y),
+        "power-normalised, C=3, and a 20-nearest-neighbour vote (the default)": lambda y: out_of_sample_probabilities(features, y),
     }
+    draws = [("this copy", given, np.array([p in moved for p in found.paths]))]
+    for seed in range(1, DRAWS + 1):
+        rng = np.random.default_rng(seed)
+        chosen = rng.permutation(len(truth))[: len(moved)]
+        labels = truth.copy()
+        for i in chosen:
+            labels[i] = rng.choice([c for c in range(len(found.class_names)) if c != truth[i]])
+        draws.append((f"draw {seed}", labels, np.isin(np.arange(len(truth)), chosen)))
     rows = []
-    for name, folds in [(n, 5) for n in heads] + [("standardised, C=1", 3), ("standardised, C=1", 10)]:
-        started = time.perf_counter()
-        probs = cross_val_predict(heads[name](), features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=123),
-                                  method="predict_proba")
-        seconds = time.perf_counter() - started
-        quality = probs[np.arange(len(labels)), labels]
-        top = np.argsort(quality, kind="stable")[: len(moved)]
-        row = {"head": name, "folds": folds, "seconds": round(seconds, 1), "accuracy": round(float((probs.argmax(1) == labels).mean()), 4),
-               "recall_top_moved": round(float(is_moved[top].mean()), 4)}
-        for filter_by in ("prune_by_noise_rate", "both", "confident_learning", "predicted_neq_given"):
-            mask = find_label_issues(labels, probs, filter_by=filter_by)
-            row[filter_by] = {"flagged": int(mask.sum()), "moved": int((mask & is_moved).sum())}
+    for name, head in heads.items():
+        row = {"head": name, "draws": {}}
+        for draw, labels, is_moved in draws:
+            started = time.perf_counter()
+            probs = head(labels)
+            quality = probs[np.arange(len(labels)), labels]
+            cell = {"seconds": round(time.perf_counter() - started, 1), "accuracy": round(float((probs.argmax(1) == labels).mean()), 4)}
+            for filter_by in ("both", "prune_by_class", "prune_by_noise_rate"):
+                flagged = np.flatnonzero(find_label_issues(labels, probs, filter_by=filter_by))
+                top = flagged[np.argsort(quality[flagged], kind="stable")][: len(moved)]
+                cell[filter_by] = {"flagged": len(flagged), "moved": int(is_moved[flagged].sum()),
+                                   "recall_top_moved": round(float(is_moved[top].sum() / len(moved)), 4)}
+            row["draws"][draw] = cell
+        for filter_by in ("both", "prune_by_class", "prune_by_noise_rate"):
+            row[f"mean_recall_{filter_by}"] = round(float(np.mean([c[filter_by]["recall_top_moved"] for c in row["draws"].values()])), 4)
         print(f"sweep: {json.dumps(row)}")
         rows.append(row)
     return rows

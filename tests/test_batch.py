@@ -18,7 +18,7 @@ import pytest
 from conftest import PETAL, exported_tiny_run, make_image
 
 from petal.cli import main
-from petal.errors import RunFolderError
+from petal.errors import ConfigError, RunFolderError
 from petal.runtime.predict import Predictor
 from petal.scale.cluster import SESSIONS_ROOT, session_processes
 from petal.scale.predict_batch import BatchFolder, iter_source
@@ -98,6 +98,31 @@ def test_an_output_folder_of_another_model_or_source_is_refused_unless_overwrite
         folder.prepare({"model": "b", "source": str(photos)}, str(photos), part_size=16, overwrite=False)
     record = folder.prepare({"model": "b", "source": str(photos)}, str(photos), part_size=16, overwrite=True)
     assert record["identity"]["model"] == "b" and record["files"] == 63
+
+
+def test_a_source_with_nothing_to_predict_leaves_no_output_and_the_corrected_command_needs_no_overwrite(tmp_path, model_and_photos):
+    _, photos = model_and_photos
+    (tmp_path / "empty-source").mkdir()
+    out = tmp_path / "out"
+    for wrong in (tmp_path / "no-such-source", tmp_path / "empty-source"):
+        with pytest.raises(ConfigError, match=str(wrong)):
+            BatchFolder(out).prepare({"model": "a", "source": str(wrong)}, str(wrong), part_size=16, overwrite=False)
+        assert not out.exists()
+
+    record = BatchFolder(out).prepare({"model": "a", "source": str(photos)}, str(photos), part_size=16, overwrite=False)
+
+    assert record["files"] == 63
+
+
+def test_a_listing_killed_before_it_completed_is_taken_over_by_another_source(tmp_path, model_and_photos):
+    _, photos = model_and_photos
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_batch.json").write_text(json.dumps({"identity": {"model": "a", "source": "elsewhere"}}))  # no "parts" yet
+
+    record = BatchFolder(out).prepare({"model": "a", "source": str(photos)}, str(photos), part_size=16, overwrite=False)
+
+    assert record["files"] == 63 and record["identity"]["source"] == str(photos)
 
 
 def test_a_folder_that_is_not_a_predict_batch_output_is_never_emptied(tmp_path, model_and_photos):

@@ -33,7 +33,7 @@ def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder(tmp_path):
     done = petal("train", data, *SMALL, "--workers", "2", "--out", run)
 
     assert done.returncode == 0, done.stderr
-    assert "epoch 1/1: accuracy" in done.stdout
+    assert "epoch 1/1: accuracy" in done.stderr  # stdout stays for the result (and --json)
     parallel = json.loads((run / "parallel.json").read_text())
     assert parallel["strategy"] == "multi-worker" and parallel["replicas"] == 2 and parallel["global_batch_size"] == 8
     assert parallel["peak_learning_rate"] == 0.002  # the tutorial's 1e-3, scaled linearly

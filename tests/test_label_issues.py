@@ -74,6 +74,21 @@ def test_a_photo_filed_under_the_wrong_class_is_the_worst_label_issue_with_its_r
     assert len(issues) <= 3  # clean made images: little else is flagged
 
 
+def test_a_folder_smaller_than_the_neighbour_vote_gets_out_of_sample_probabilities_from_fewer_neighbours():
+    from petal.training.label_issues import NEIGHBOUR_VOTE, out_of_sample_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 4)  # 12 images, 4 folds: each fold trains on 9 < NEIGHBOUR_VOTE
+    features = rng.random((12, 8)) + 3 * np.eye(3, 8)[labels]
+    assert len(labels) < NEIGHBOUR_VOTE
+
+    probabilities = out_of_sample_probabilities(features, labels, folds=4)
+
+    assert probabilities.shape == (12, 3)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0)
+    assert (probabilities.argmax(1) == labels).all()
+
+
 def test_a_re_encoded_copy_is_a_near_duplicate_with_its_distance_and_an_odd_image_an_outlier(found):
     near = [f for f in found.findings if f.kind == "near-duplicate-within-class"]
     assert [(f.path, f.detail.split(" to ")[-1]) for f in near] == [("green/img_003.png", "green/copy_q60.jpg")]

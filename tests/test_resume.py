@@ -12,7 +12,7 @@ from conftest import PETAL, make_folder
 from petal import atomic
 
 
-def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all(tmp_path):
+def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all_and_counts_both_processes_time(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=40)
     run = tmp_path / "run"
     command = [PETAL, "train", str(data), "--model", "tutorial", "--epochs", "3", "--out", str(run),
@@ -26,14 +26,19 @@ def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all(tmp_pat
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert json.loads(state.read_text())["epochs_done"] < 3
+    killed = json.loads(state.read_text())
+    assert killed["epochs_done"] < 3
     assert not (run / "model.keras").exists()
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
 
     assert resumed.returncode == 0, resumed.stderr
     with open(run / "history.csv", newline="") as f:
-        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3]
+        history = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3]
+    resumed_epochs = sum(float(row["seconds"]) for row in history[killed["epochs_done"]:])
+    seconds = json.loads((run / "environment.json").read_text())["seconds"]
+    assert seconds >= killed["seconds"] + resumed_epochs  # the run's time, not the last process's
     assert json.loads(state.read_text())["epochs_done"] == 3
     import keras
 

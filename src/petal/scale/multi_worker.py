@@ -35,7 +35,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
 
     from petal.scale.cluster import check_workers, ray_cluster
     from petal.training import loop as single
-    from petal.training.checkpoints import RunRecorder
+    from petal.training.checkpoints import RunClock, RunRecorder
 
     if config.strategy != "multi-worker":
         raise ConfigError(f"train_on_ray needs strategy 'multi-worker'. Received: strategy={config.strategy!r}")
@@ -46,6 +46,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     run = RunFolder(out_dir)
     split, start_epoch = single.plan_run(run, config, resume)
     started = time.perf_counter()
+    clock = RunClock.start(run)
     log.info("%s ...", f"joining the Ray cluster at {address}" if address else "starting a local Ray cluster on 127.0.0.1")
     with ray_cluster(address, dashboard=dashboard) as ray:
         check_workers(ray, config.workers)
@@ -59,7 +60,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
             log.info("%s: all %d epochs are done", run.path, config.total_epochs)
         else:
             with single.timed(timings, "train"):  # the workers' start, decode and epochs
-                _fit_on_workers(ray, run, config, start_epoch)
+                _fit_on_workers(ray, run, config, start_epoch, clock)
     shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
     recorder = RunRecorder(run)
     if config.early_stopping:
@@ -67,7 +68,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     else:
         model = load_keras_model(run.checkpoint_dir / run.state()["model"])
     num_classes = len(split.train.class_names)
-    return single.finish(run, config, model, num_classes, timings, skipped={}, started=started)
+    return single.finish(run, config, model, num_classes, timings, skipped={}, clock=clock)
 
 
 def _ray_dir(run: RunFolder) -> Path:
@@ -76,7 +77,7 @@ def _ray_dir(run: RunFolder) -> Path:
     return path
 
 
-def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) -> None:
+def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int, clock) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -84,7 +85,8 @@ def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) 
 
     trainer = TensorflowTrainer(
         _worker_loop,
-        train_loop_config={"config": config.to_dict(), "run": str(run.path.resolve()), "start_epoch": start_epoch},
+        train_loop_config={"config": config.to_dict(), "run": str(run.path.resolve()), "start_epoch": start_epoch,
+                           "clock": dataclasses.asdict(clock)},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(storage_path=str(_ray_dir(run)), name="train"),
     )
@@ -111,7 +113,7 @@ def _worker_loop(settings: dict) -> None:
     from petal.data.index import ImageFolder
     from petal.training import loop as single
     from petal.training.augment import build_augmentation
-    from petal.training.checkpoints import RunRecorder
+    from petal.training.checkpoints import RunClock, RunRecorder
     from petal.training.optimization import compile_for_training, dtype_policy
     from petal.training.pipeline import make_dataset
     from petal.training.precision import resolve_precision
@@ -140,7 +142,7 @@ def _worker_loop(settings: dict) -> None:
     scratch = None if chief else tempfile.TemporaryDirectory(prefix=f"scratch-rank-{rank}-", dir=_ray_dir(run))
     with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         resumed_from = run.state()["model"] if start_epoch else None
-        recorder = RunRecorder(run, config.early_stopping) if chief else None
+        recorder = RunRecorder(run, config.early_stopping, clock=RunClock(**settings["clock"])) if chief else None
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / resumed_from, compile=True)
         else:

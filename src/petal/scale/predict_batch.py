@@ -132,9 +132,10 @@ class BatchFolder:
 
     def prepare(self, identity: dict, source: str, part_size: int, overwrite: bool) -> dict:
         """Check or start the folder; list the source into manifest parts unless a complete listing is there."""
+        created = not self.path.exists()
         record = self.record()
         if record is not None and record["identity"] != identity:
-            if not overwrite:
+            if not overwrite and "parts" in record:  # a listing that never completed holds no predictions
                 changed = sorted(k for k in identity if record["identity"].get(k) != identity[k])
                 raise RunFolderError(
                     f"{self.path}: holds predictions of another {' and '.join(changed)}; pass --overwrite to replace them"
@@ -146,8 +147,15 @@ class BatchFolder:
             for item in self.path.iterdir():
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
         if record is None or "parts" not in record:
-            atomic.write_json(self.path / RECORD, {"identity": identity})
-            files, parts = self._write_manifest(source, part_size)
+            atomic.write_json(self.path / RECORD, {"identity": identity})  # ours from here: a killed listing is redone
+            try:
+                files, parts = self._write_manifest(source, part_size)
+            except ConfigError:  # nothing to predict: leave no listing that a corrected command would have to --overwrite
+                shutil.rmtree(self.path / MANIFEST, ignore_errors=True)
+                (self.path / RECORD).unlink()
+                if created:
+                    shutil.rmtree(self.path)
+                raise
             record = {"identity": identity, "files": files, "parts": parts, "part_size": part_size}
             atomic.write_json(self.path / RECORD, record)
         return record

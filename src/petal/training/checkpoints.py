@@ -1,10 +1,12 @@
 """After every epoch: a checkpoint (model and optimizer state), the history row, then state.json, which
-commits them, so a killed run resumes from its last finished epoch; early stopping; the whole run's ETA."""
+commits them, so a killed run resumes from its last finished epoch; early stopping; the whole run's ETA and
+its wall time across the processes that trained it (RunClock)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import keras
 
@@ -13,13 +15,33 @@ from petal.run_folder import RunFolder, load_keras_model
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RunClock:
+    """A run's wall time across the processes that trained it (`petal train`, then each `--resume`): what the
+    earlier ones had spent by their last checkpoint (state.json's `seconds`), plus this process's since `started`
+    (time.time(), so a multi-worker chief on the same machine reads the same clock). The time an interrupted
+    process spent after its last checkpoint is lost with the work it did."""
+
+    earlier: float
+    started: float
+
+    @classmethod
+    def start(cls, run: RunFolder) -> RunClock:
+        """Read before this process writes any checkpoint."""
+        return cls(float(run.state().get("seconds", 0.0)), time.time())
+
+    def seconds(self) -> float:
+        return self.earlier + time.time() - self.started
+
+
 class RunRecorder(keras.callbacks.Callback):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
 
-    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None):
+    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None, clock: RunClock | None = None):
         super().__init__()
         self.run = run
+        self.clock = clock or RunClock.start(run)
         self.patience = patience
         self.total_epochs = total_epochs  # for the whole run's ETA after each epoch
         self.started = time.perf_counter()
@@ -56,7 +78,8 @@ class RunRecorder(keras.callbacks.Callback):
         for number, logs in enumerate(epochs, start=first_epoch + 1):
             rows.append({"epoch": number, **{k: float(v) for k, v in sorted(logs.items())}, "seconds": round(seconds, 3)})
         self.run.write_history(rows)
-        self.run.write_state({"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
+        self.run.write_state({"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value,
+                              "seconds": round(self.clock.seconds(), 1)})
         self.run.remove_old_checkpoints(keep=name)
         if self.patience and last - best_epoch >= self.patience:
             log.info("early stopping after epoch %d: no better val accuracy for %d epochs", last, self.patience)

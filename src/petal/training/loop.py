@@ -30,7 +30,7 @@ from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
 from petal.runtime.calibration import calibrate
 from petal.training.augment import build_augmentation
-from petal.training.checkpoints import RunRecorder
+from petal.training.checkpoints import RunClock, RunRecorder
 from petal.training.diagnosis import diagnose
 from petal.training.embeddings import EmbeddingCache
 from petal.training.models.backbones import fine_tuning_model, top_blocks, unfreeze_top_blocks
@@ -100,9 +100,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     entry = check_model_settings(config)
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
-    started = time.perf_counter()
     timings: dict[str, float] = {}
     split, start_epoch = plan_run(run, config, resume)
+    clock = RunClock.start(run)
     class_names = split.train.class_names
     num_classes = len(class_names)
     keras.utils.set_random_seed(config.training_seed + start_epoch)
@@ -135,7 +135,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
             run.write_record("copies", exact_copies(data))
-        recorder = RunRecorder(run, config.early_stopping, config.total_epochs)
+        recorder = RunRecorder(run, config.early_stopping, config.total_epochs, clock)
         callbacks = [keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False, profile_batch=0), *callbacks]
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / run.state()["model"], compile=True)
@@ -165,7 +165,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
                 _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose, callbacks)
         if config.early_stopping:
             model = recorder.best_model()
-    return finish(run, config, model, num_classes, timings, data.skipped, started, data.validation)
+    return finish(run, config, model, num_classes, timings, data.skipped, clock, data.validation)
 
 
 def check_model_settings(config: TrainConfig):
@@ -219,11 +219,11 @@ def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replic
 
 
 def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: dict,
-           skipped: dict[str, str], started: float | None = None, validation: CachedRows | None = None) -> TrainResult:
+           skipped: dict[str, str], clock: RunClock, validation: CachedRows | None = None) -> TrainResult:
     """What every way of training ends with: model.keras (float32, uncompiled), its calibration on the
-    validation split (petal.runtime.calibration), timings, curves, diagnosis, report. `started`: the
-    time.perf_counter() at which the run started; its wall time, saving and calibration included, is recorded as
-    `seconds` (what report.html and `petal train` say). `validation`: the split's rows when the caller has them
+    validation split (petal.runtime.calibration), timings, curves, diagnosis, report. `clock`: the run's wall
+    time, saving and calibration included and earlier processes' before a --resume, recorded as `seconds`
+    (what report.html and `petal train` say). `validation`: the split's rows when the caller has them
     already (else read from the decode cache)."""
     saved = _inference_copy(model, config, num_classes)
     with atomic.atomic_path(run.model_path) as tmp:
@@ -235,7 +235,7 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
     run.write_record("calibration", calibrate(logits, validation.labels).to_dict())
     run.write_record("validation", {"images": len(validation), "accuracy": float(np.mean(predicted == validation.labels)),
                                     "confusion": confusion_matrix(validation.labels, predicted, num_classes).tolist()})
-    run.write_record("environment", {**environment(), "seconds": None if started is None else round(time.perf_counter() - started, 1)})
+    run.write_record("environment", {**environment(), "seconds": round(clock.seconds(), 1)})
     run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")
