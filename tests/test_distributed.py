@@ -27,13 +27,18 @@ def assert_exports_and_predicts(run: Path, image: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder(tmp_path):
+def test_two_ray_workers_train_an_epoch_into_an_ordinary_run_folder_and_name_the_files_they_left_out(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=12)
+    broken = [data / name / "broken.jpg" for name in ("blue", "red")]
+    for path in broken:
+        path.write_bytes(b"not a photo")
     run = tmp_path / "run"
     done = petal("train", data, *SMALL, "--workers", "2", "--out", run)
 
     assert done.returncode == 0, done.stderr
     assert "epoch 1/1: accuracy" in done.stderr  # stdout stays for the result (and --json)
+    assert "left out 2 files that could not be decoded" in done.stderr
+    assert {row.split(",")[0] for row in (run / "skipped.csv").read_text().splitlines()[1:]} == {"blue/broken.jpg", "red/broken.jpg"}
     parallel = json.loads((run / "parallel.json").read_text())
     assert parallel["strategy"] == "multi-worker" and parallel["replicas"] == 2 and parallel["global_batch_size"] == 8
     assert parallel["peak_learning_rate"] == 0.002  # the tutorial's 1e-3, scaled linearly

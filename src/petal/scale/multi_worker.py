@@ -14,6 +14,7 @@ RunRecorder, so export, evaluate, predict and --resume see an ordinary run folde
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import sys
@@ -22,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from petal import atomic
 from petal.config import TrainConfig
 from petal.errors import ConfigError, PetalError
 from petal.run_folder import RunFolder, load_keras_model
@@ -61,6 +63,8 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
         else:
             with single.timed(timings, "train"):  # the workers' start, decode and epochs
                 _fit_on_workers(ray, run, config, start_epoch, clock)
+    skipped = _skipped_by_workers(run)
+    single.report_skipped(run, skipped)
     shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
     recorder = RunRecorder(run)
     if config.early_stopping:
@@ -68,7 +72,15 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     else:
         model = load_keras_model(run.checkpoint_dir / run.state()["model"])
     num_classes = len(split.train.class_names)
-    return single.finish(run, config, model, num_classes, timings, skipped={}, clock=clock)
+    return single.finish(run, config, model, num_classes, timings, skipped=skipped, clock=clock)
+
+
+def _skipped_by_workers(run: RunFolder) -> dict[str, str]:
+    """The files each worker could not decode (path -> reason), from the lists they leave in RUN/.ray-train."""
+    skipped: dict[str, str] = {}
+    for path in sorted(_ray_dir(run).glob("skipped-rank-*.json")):
+        skipped.update(json.loads(path.read_text()))
+    return skipped
 
 
 def _ray_dir(run: RunFolder) -> Path:
@@ -131,6 +143,8 @@ def _worker_loop(settings: dict) -> None:
     cache = single.decode_cache(config)
     images = cache.load(shard)
     validation = cache.load(run.split("validation")) if chief else None
+    failures = {**images.failures, **(validation.failures if chief else {})}
+    atomic.write_json(_ray_dir(run) / f"skipped-rank-{rank}.json", failures)  # the driver names them once training ends
     num_classes = len(train_files.class_names)
     steps = max(1, len(train_files) // world // config.batch_size)  # the same for every worker
     global_batch = config.batch_size * world

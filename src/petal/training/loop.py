@@ -78,6 +78,14 @@ def prepare_data(config: TrainConfig, split: Split, progress=None) -> PreparedDa
     return PreparedData(split, cache.load(split.train, progress=progress), cache.load(split.validation, progress=progress))
 
 
+def report_skipped(run: RunFolder, skipped: dict[str, str]) -> None:
+    """RUN/skipped.csv and one warning naming the first files, when some of the split could not be decoded."""
+    if skipped:
+        run.write_skipped(skipped)
+        shown = printable(", ".join(sorted(skipped)[:3]) + (" ..." if len(skipped) > 3 else ""))
+        log.warning("left out %d files that could not be decoded: %s (see %s)", len(skipped), shown, run / "skipped.csv")
+
+
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, verbose: int = 2, progress=None,
           callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Train in this process: on one device, or with config.strategy "mirrored" on every local GPU (or
@@ -120,10 +128,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         write_parallelism(run, config, config.strategy, replicas)
         with timed(timings, "decode"):
             data = prepare_data(config, split, progress=progress)
-        if data.skipped:
-            run.write_skipped(data.skipped)
-            shown = printable(", ".join(sorted(data.skipped)[:3]) + (" ..." if len(data.skipped) > 3 else ""))
-            log.warning("left out %d files that could not be decoded: %s (see %s)", len(data.skipped), shown, run / "skipped.csv")
+        report_skipped(run, data.skipped)
         if not len(data.train) or not len(data.validation):
             raise RunFolderError(f"{config.data_dir}: no decodable images left in the training or validation split")
         counts = np.bincount(data.train.labels, minlength=num_classes)
