@@ -107,6 +107,12 @@ def test_a_short_run_of_a_recipe_with_warm_up_shortens_the_warm_up_unless_it_was
         TrainConfig.for_model("photos", "petal-resnet", epochs=2, warmup_epochs=2)
 
 
+def test_no_fine_tuning_epochs_is_refused_for_what_was_given_not_for_a_derived_warm_up():
+    with pytest.raises(ConfigError, match="fine_tune_epochs=0") as refused:
+        TrainConfig.for_model("photos", "mobilenet-v2", fine_tune_epochs=0)
+    assert "warmup" not in str(refused.value) and "blocks 0" in str(refused.value)
+
+
 def test_cropping_augmentations_output_the_training_size_whatever_the_image_size():
     augment = build_augmentation("crop-flip-color", (24, 32))
     out, _ = augment(tf.random.uniform([4, 48, 48, 3], 0, 255), tf.one_hot([0, 1, 0, 1], 2))

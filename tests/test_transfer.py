@@ -294,6 +294,14 @@ def test_fine_tuning_callbacks_run_on_the_classifier_and_early_stopping_stops_it
     assert keras.saving.load_model(tmp_path / "from-a-callback.keras").count_params() == fine_tuned.count_params()
 
 
+def test_an_image_size_the_backbone_cannot_take_is_refused_naming_the_size_not_the_weights(tmp_path, weights_file):
+    data = make_folder(tmp_path / "photos", per_class=4)
+    with pytest.raises(ConfigError, match=r"image size 16x16 does not fit MobileNet \(Input size must be at least 32x32") as refused:
+        train(transfer_config(data, weights_file, image_size=(16, 16)), tmp_path / "run", verbose=0)
+    assert str(weights_file) not in str(refused.value)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_more_blocks_than_the_backbone_has_are_refused_before_training(tmp_path, weights_file):
     data = make_folder(tmp_path / "photos", per_class=4)
     with pytest.raises(ConfigError, match="--fine-tune-blocks 14: this backbone has 13 blocks"):

@@ -124,9 +124,10 @@ class TrainConfig:
         entry = get_model_entry(model)
         values = {**entry.recipe, **given, "preprocessing": entry.preprocessing}
         if "warmup_epochs" not in given:  # a short run of a recipe with warm-up still works: warm up for less
-            values["warmup_epochs"] = min(values.get("warmup_epochs", 0), values.get("epochs", cls.epochs) - 1)
+            values["warmup_epochs"] = max(0, min(values.get("warmup_epochs", 0), values.get("epochs", cls.epochs) - 1))
         if "fine_tune_warmup_epochs" not in given:
-            values["fine_tune_warmup_epochs"] = min(values.get("fine_tune_warmup_epochs", 0), values.get("fine_tune_epochs", cls.fine_tune_epochs) - 1)
+            values["fine_tune_warmup_epochs"] = max(0, min(values.get("fine_tune_warmup_epochs", 0),
+                                                           values.get("fine_tune_epochs", cls.fine_tune_epochs) - 1))
         if "image_size" in given and "train_image_size" not in given and entry.recipe.get("train_image_size"):
             # another image size keeps the recipe's ratio of training crop to test size
             ratios = [t / i for t, i in zip(entry.recipe["train_image_size"], entry.recipe["image_size"])]
@@ -178,15 +179,15 @@ class TrainConfig:
             raise ConfigError(f"cutmix must be in [0, 1]. Received: cutmix={self.cutmix}")
         if self.workers < 1 or (self.workers > 1 and self.strategy != "multi-worker"):
             raise ConfigError(f"more than one worker needs strategy 'multi-worker'. Received: workers={self.workers}, strategy={self.strategy!r}")
-        if not 0 <= self.fine_tune_warmup_epochs < self.fine_tune_epochs:
-            raise ConfigError(f"fine-tuning warm-up must be shorter than fine-tuning. Received: fine_tune_warmup_epochs="
-                              f"{self.fine_tune_warmup_epochs}, fine_tune_epochs={self.fine_tune_epochs}")
         if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
             raise ConfigError(
-                "fine-tuning needs blocks >= 0, epochs >= 1 and a positive learning rate. Received: "
+                "fine-tuning needs blocks >= 0, epochs >= 1 and a positive learning rate (no fine-tuning: blocks 0). Received: "
                 f"fine_tune_blocks={self.fine_tune_blocks}, fine_tune_epochs={self.fine_tune_epochs}, "
                 f"fine_tune_learning_rate={self.fine_tune_learning_rate}"
             )
+        if not 0 <= self.fine_tune_warmup_epochs < self.fine_tune_epochs:
+            raise ConfigError(f"fine-tuning warm-up must be shorter than fine-tuning. Received: fine_tune_warmup_epochs="
+                              f"{self.fine_tune_warmup_epochs}, fine_tune_epochs={self.fine_tune_epochs}")
 
     def learning_rate_for(self, base: float, replicas: int) -> float:
         """The peak rate `base` under `lr_scaling` for a global batch of batch_size x replicas."""

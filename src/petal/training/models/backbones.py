@@ -116,6 +116,9 @@ def load_backbone(application, image_size: tuple[int, int], weights: str | None,
         with contextlib.redirect_stdout(keras_says):
             backbone = application(input_shape=(*image_size, 3), include_top=False, weights=weights, pooling="avg", **options)
     except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "input_shape" in first_line:  # Keras's check of the input size, before any weights are read
+            raise ConfigError(f"image size {image_size[0]}x{image_size[1]} does not fit {application.__name__} ({first_line})") from None
         fetch = re.search(r"URL fetch failure on (\S+?): (.*)", str(exc))
         if weights == "imagenet" and fetch:
             url, reason = fetch.groups()
@@ -125,7 +128,6 @@ def load_backbone(application, image_size: tuple[int, int], weights: str | None,
                 f"({reason.strip()}): put that file there (from {url}) or pass --weights FILE"
             ) from None
         if weights not in (None, "imagenet"):
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(f"{weights}: not weights of {application.__name__} without its top ({first_line})") from None
         raise
     sys.stdout.write(keras_says.getvalue())
