@@ -95,7 +95,7 @@ def test_the_next_petal_command_of_any_kind_stops_what_a_killed_run_left_behind(
     try:
         done = subprocess.run([PETAL, "models"], capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
         assert done.returncode == 0, done.stderr
-        assert done.stderr.splitlines() == [f"petal: stopped 1 Ray processes left behind by an earlier petal run (pid {dead_pid})"]
+        assert done.stderr.splitlines() == [f"petal: stopped 1 Ray process left behind by an earlier petal run (pid {dead_pid})"]
         assert leftover.wait(timeout=30) is not None
         assert not (tmp_path / "petal-ray" / f"{dead_pid}-0a1b2c").exists()
     finally:
@@ -155,7 +155,7 @@ def test_after_a_sigkill_of_train_workers_the_next_petal_command_of_any_kind_sto
 
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stderr.splitlines() if "left behind" in line]
-    stopped = re.fullmatch(rf"petal: stopped (\d+) Ray processes left behind by an earlier petal run \(pid {child.pid}\)", line)
+    stopped = re.fullmatch(rf"petal: stopped (\d+) Ray process(?:es)? left behind by an earlier petal run \(pid {child.pid}\)", line)
     assert stopped and 1 <= int(stopped.group(1)) <= len(leftovers), line
     assert not [p for p in leftovers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not session.exists()

@@ -243,7 +243,7 @@ def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path
     moved = subprocess.run([PETAL, "data", str(root), "--label-issues", "--move-to", str(tmp_path / "q2"), "--grid", str(tmp_path / "g.jpg"),
                             "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
     assert moved.returncode == 0 and "petal: error" not in moved.stderr, moved.stderr
-    assert moved.stdout.count(f"Moved {len(flagged)} files") == 1 and f"moved {len(flagged)} files" not in moved.stderr.lower()  # said once
+    assert moved.stdout.count(f"Moved {len(flagged)} file") == 1 and f"moved {len(flagged)} file" not in moved.stderr.lower()  # said once
     assert (tmp_path / "g.jpg").is_file() and all((tmp_path / "q2" / p).is_file() for p in flagged)
     # 8 photos a class: a weak judge, and the text report says so
     from petal.cli.data_command import TRUSTED_HEAD_ACCURACY

@@ -65,3 +65,8 @@ def printable(text: str) -> str:
     """`text` with its control characters escaped (a newline as \\n, ESC as \\x1b): a file name from disk may hold
     them, and one message is one line whatever it names. Other characters are left to the stream's encoding."""
     return text.translate(_CONTROL)
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """"1 file", "2 files", "0 label issues": a count with its noun in the number it takes."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

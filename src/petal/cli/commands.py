@@ -14,7 +14,7 @@ from petal.config import ExportConfig, TrainConfig
 from petal.data.decode import DEFAULT_MAX_PIXELS
 from petal.data.index import resolved
 from petal.data.quarantine import EXCLUDE_KINDS, read_exclusion_list
-from petal.errors import PetalError, printable
+from petal.errors import PetalError, counted, printable
 from petal.registry import DEFAULT_MODEL, get_model_entry, list_models
 from petal.run_folder import RunFolder, duration
 from petal.runtime.native_log import native_log_silenced
@@ -188,7 +188,8 @@ def cmd_predict_batch(args) -> int:
         print_json("predict-batch", {**dataclasses.asdict(result), "out": str(args.out)})
         return 0 if result.predicted else EXIT_ERROR
     if result.parts_skipped:
-        print(f"{result.parts_skipped} parts were already written by an earlier run; predicted the rest")
+        print(f"{counted(result.parts_skipped, 'part')} {'was' if result.parts_skipped == 1 else 'were'} already written by an earlier run; "
+              "predicted the rest")
     print(result.summary() + f" -> {args.out}")
     if not result.predicted:
         print(f"petal: error: every file failed; the error column of {args.out}/part-*.parquet says why", file=sys.stderr)

@@ -13,7 +13,7 @@ from petal.data.decode import decode_image
 from petal.data.index import resolved
 from petal.data.quarantine import EXCLUDE_KINDS, check_quarantine, is_inside, move_flagged, undo_move
 from petal.data.split import load_split
-from petal.errors import ConfigError, PetalError, printable
+from petal.errors import ConfigError, PetalError, counted, printable
 
 
 def cmd_data(args) -> int:
@@ -145,7 +145,7 @@ def _label_issues(args, split, report) -> dict:
     return extra
 
 
-# On flower_photos the head is right 87% of the time and 86% of what it flags deserves a look (docs/DATA-DOCTOR.md);
+# On flower_photos the head is right 87% of the time and 85% of what it flags deserves a look (docs/DATA-DOCTOR.md);
 # a new user's 40 photos a class gave 78% and half false alarms.
 TRUSTED_HEAD_ACCURACY = 0.85
 
@@ -153,8 +153,9 @@ TRUSTED_HEAD_ACCURACY = 0.85
 def _print_label_issues(extra: dict) -> None:
     found = extra["label_issues"]
     counts = found["counts"]
-    print(f"Label issues (Confident Learning, cleanlab): {counts.get('label-issue', 0)} label issues, {counts.get('outlier', 0)} outliers "
-          f"among {found['images']} images; {found['folds']}-fold cross-validated accuracy of a linear head on "
+    print(f"Label issues (Confident Learning, cleanlab): {counted(counts.get('label-issue', 0), 'label issue')}, "
+          f"{counted(counts.get('outlier', 0), 'outlier')} among {found['images']} images; {found['folds']}-fold cross-validated "
+          f"accuracy of the head (a linear head and a neighbour vote) on "
           f"{found['image_size'][0]}x{found['image_size'][1]} embeddings: {found['cross_validated_accuracy']:.3f} "
           f"({sum(found['seconds'].values()):.1f} s)")
     if found["cross_validated_accuracy"] < TRUSTED_HEAD_ACCURACY and counts.get("label-issue"):
@@ -164,12 +165,12 @@ def _print_label_issues(extra: dict) -> None:
         print(f"Contact sheet of the suspects: {found['contact_sheet']}")
     if "moved" in extra:
         moved = extra["moved"]
-        print(f"Moved {moved['files']} files to {moved['to']}; manifest {moved['manifest']}; undo: {moved['undo']}")
+        print(f"Moved {counted(moved['files'], 'file')} to {moved['to']}; manifest {moved['manifest']}; undo: {moved['undo']}")
 
 
 def _undo_move(manifest: Path) -> int:
     restored, problems = undo_move(manifest)
-    print(f"Moved {restored} files back")
+    print(f"Moved {counted(restored, 'file')} back")
     for problem in problems:
         print(printable(f"petal: error: {problem}"), file=sys.stderr)
     return EXIT_PARTIAL if problems else 0

@@ -18,7 +18,7 @@ from typing import Collection
 import numpy as np
 
 from petal.data.index import ImageFolder, index_folder
-from petal.errors import ConfigError, DataError, printable
+from petal.errors import ConfigError, DataError, counted, printable
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _excluding(split: Split, exclude: Collection[str]) -> Split:
     unknown = sorted(exclude - listed)
     if unknown:
         log.warning("%d excluded paths are not images of %s, e.g. %s", len(unknown), split.train.root, ", ".join(unknown[:3]))
-    log.info("left out %d files listed for exclusion", len(exclude & listed))
+    log.info("left out %s listed for exclusion", counted(len(exclude & listed), "file"))
     untrained = [name for name, n in kept.train.counts().items() if not n]
     if untrained or not len(kept.validation):
         what = f"class(es) {', '.join(untrained)} without training images" if untrained else "no validation images"

@@ -31,7 +31,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from petal.errors import ConfigError, PetalError
+from petal.errors import ConfigError, PetalError, counted
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def stop_orphans() -> int:
             continue
         shutil.rmtree(session, ignore_errors=True)
         if count:
-            print(f"petal: stopped {count} Ray processes left behind by an earlier petal run (pid {owner['pid']})", file=sys.stderr)
+            print(f"petal: stopped {counted(count, 'Ray process', 'Ray processes')} left behind by an earlier petal run (pid {owner['pid']})", file=sys.stderr)
         stopped += count
     return stopped
 

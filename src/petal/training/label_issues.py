@@ -272,7 +272,8 @@ def _find(class_names, images, labels, pred_probs, features, sides, near_duplica
         if mean_distance[i] > limit:
             findings.append(ScoredFinding(
                 paths[i], "outlier", f"mean cosine distance {mean_distance[i]:.3f} to its {NEIGHBOURS} nearest images "
-                f"(outlier score {outlier_scores[i]:.3f}; given {class_names[labels[i]]}, suggested {class_names[suggested[i]]})",
+                f"(outlier score {outlier_scores[i]:.3f}; given {class_names[labels[i]]}"
+                + (f", suggested {class_names[suggested[i]]})" if suggested[i] != labels[i] else ")"),
                 class_names[labels[i]], class_names[suggested[i]], float(outlier_scores[i]), float(mean_distance[i])))
     findings += near_duplicates(images, labels, class_names, sides, features, distances, neighbours, near_duplicate_distance, hash_radius,
                                 progress)

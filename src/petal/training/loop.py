@@ -25,7 +25,7 @@ from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import CachedRows, DecodeCache, default_cache_root
 from petal.data.split import Split, load_split
-from petal.errors import ConfigError, RunFolderError, printable
+from petal.errors import ConfigError, RunFolderError, counted, printable
 from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
 from petal.runtime.calibration import calibrate
@@ -83,7 +83,7 @@ def report_skipped(run: RunFolder, skipped: dict[str, str]) -> None:
     if skipped:
         run.write_skipped(skipped)
         shown = printable(", ".join(sorted(skipped)[:3]) + (" ..." if len(skipped) > 3 else ""))
-        log.warning("left out %d files that could not be decoded: %s (see %s)", len(skipped), shown, run / "skipped.csv")
+        log.warning("left out %s that could not be decoded: %s (see %s)", counted(len(skipped), "file"), shown, run / "skipped.csv")
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, verbose: int = 2, progress=None,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from petal import atomic
+from petal.errors import counted
 from petal.run_folder import RunFolder, duration
 from petal.runtime.calibration import Calibration
 
@@ -143,7 +144,7 @@ def _data_section(run: RunFolder) -> str:
     skipped = ""
     left_out = run.skipped()
     if left_out:
-        skipped = f"<p>{len(left_out)} files left out (could not be decoded):</p>" + _table(["file", "reason"], list(left_out.items())[:50])
+        skipped = f"<p>{counted(len(left_out), 'file')} left out (could not be decoded):</p>" + _table(["file", "reason"], list(left_out.items())[:50])
     return ("<h2>Data</h2>" + _table(["class", *subsets], rows) + skipped + _copies(run)
             + _figure(run / "samples.jpg", "Training images") + _figure(run / "augmentation.jpg", "One image through the augmentation"))
 
