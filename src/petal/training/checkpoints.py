@@ -45,22 +45,30 @@ class RunRecorder(keras.callbacks.Callback):
         self.patience = patience
         self.total_epochs = total_epochs  # for the whole run's ETA after each epoch
         self.started = time.perf_counter()
+        self.fit_epoch_seconds: list[float] = []
 
     def best_model(self) -> keras.Model:
         best = self.run.state()
         log.info("keeping the weights of epoch %d (val accuracy %.4f)", best["best_epoch"], best["best_val_accuracy"])
         return load_keras_model(self.run.checkpoint_dir / "best.keras")
 
+    def on_train_begin(self, logs=None):
+        self.fit_epoch_seconds = []  # this fit's epochs: its first one also traces the graph
+
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.record_epochs(self.model, [logs or {}], time.perf_counter() - self.started, first_epoch=epoch)
+        seconds = time.perf_counter() - self.started
+        self.record_epochs(self.model, [logs or {}], seconds, first_epoch=epoch)
+        self.fit_epoch_seconds.append(seconds)
         if self.total_epochs and epoch + 1 < self.total_epochs:
-            seconds = time.perf_counter() - self.started
-            left = (self.total_epochs - epoch - 1) * seconds
-            log.info("epoch %d of %d: val accuracy %.4f, %.0f s; the run ends in about %s", epoch + 1, self.total_epochs,
-                     (logs or {}).get("val_accuracy", float("nan")), seconds, f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s")
+            ends = ""
+            if len(self.fit_epoch_seconds) > 1:  # the first epoch's tracing would double the estimate
+                left = (self.total_epochs - epoch - 1) * sum(self.fit_epoch_seconds[1:]) / (len(self.fit_epoch_seconds) - 1)
+                ends = f"; the run ends in about {f'{left / 60:.0f} min' if left >= 90 else f'{left:.0f} s'}"
+            log.info("epoch %d of %d: val accuracy %.4f, %.0f s%s", epoch + 1, self.total_epochs,
+                     (logs or {}).get("val_accuracy", float("nan")), seconds, ends)
 
     def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: float, first_epoch: int = 0) -> None:
         """Append epochs first_epoch+1.. to the history (`seconds` each) and checkpoint `model` as the last
