@@ -85,14 +85,17 @@ def test_the_report_loads_every_image_and_nothing_from_the_network_in_headless_c
     assert Path(tmp_path / "report-phone.png").stat().st_size > 10_000
 
 
-def test_a_photo_filed_under_two_classes_reaches_the_report(tmp_path):
+def test_a_photo_filed_under_two_classes_and_files_left_out_by_exclude_reach_the_report(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=6)
     shutil.copy(next((data / "red").iterdir()), data / "green" / "also_red.jpg")
-    config = TrainConfig(str(data), model="tutorial", epochs=1, batch_size=8, image_size=(16, 16), cache_dir=str(tmp_path / "cache"))
+    config = TrainConfig(str(data), model="tutorial", epochs=1, batch_size=8, image_size=(16, 16), cache_dir=str(tmp_path / "cache"),
+                         exclude=["blue/img_000.jpg", "red/img_002.jpg"])
     run = train(config, tmp_path / "run", verbose=0).run
     copies = run.record("copies")
     assert copies["two_classes_count"] == 1 and "green/also_red.jpg" in copies["two_classes"][0]
-    assert "files with the same contents under two classes" in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert "files with the same contents under two classes" in page
+    assert "2 files listed by <code>--exclude</code>" in page[page.index("<h2>Result"):page.index("<h2>Data")]
 
 
 def test_figure_titles_keep_their_line_breaks_and_escape_control_characters():

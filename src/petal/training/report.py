@@ -101,6 +101,9 @@ def _result_section(run: RunFolder, config: dict) -> str:
     low, high = wilson_interval(round(accuracy * n), n)
     headline += f"validation accuracy <b>{accuracy:.4f}</b> (95% interval {low:.3f}-{high:.3f}, {n} images it never trained on)."
     lines = [f"<p class=headline>{headline}</p>"]
+    if config.get("exclude"):  # the validation split is smaller than the same folder's without the list
+        lines.append(f"<p>{counted(len(config['exclude']), 'file')} listed by <code>--exclude</code> (config.json's "
+                     f"<code>exclude</code>) left out of the split; every other file kept its side.</p>")
     names = list(run.class_names())
     confusion = np.asarray(validation["confusion"])
     np.fill_diagonal(confusion, 0)
