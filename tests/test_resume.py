@@ -29,6 +29,8 @@ def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all_and_cou
     killed = json.loads(state.read_text())
     assert killed["epochs_done"] < 3
     assert not (run / "model.keras").exists()
+    export = subprocess.run([PETAL, "export", str(run)], capture_output=True, text=True)
+    assert export.returncode == 2 and f"continue it: petal train {data} --out {run} --resume" in export.stderr
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
 
@@ -44,6 +46,36 @@ def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all_and_cou
 
     model = keras.saving.load_model(run / "model.keras")
     assert model.count_params() > 0
+
+
+def test_resume_needs_no_option_repeated_and_a_finished_run_is_left_as_it_is(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    run = tmp_path / "run"
+    options = ["--model", "tutorial", "--epochs", "1", "--image-size", "16", "16", "--learning-rate", "0.01"]
+    assert subprocess.run([PETAL, "train", str(data), "--out", str(run), *options], capture_output=True).returncode == 0
+    written = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+
+    again = subprocess.run([PETAL, "train", str(data), "--out", str(run), "--resume"], capture_output=True, text=True)
+
+    assert again.returncode == 0, again.stderr
+    assert "finished already" in again.stderr and "Trained in" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == written
+
+
+def test_an_interrupted_train_says_how_to_continue(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=40)
+    run = tmp_path / "run"
+    child = subprocess.Popen([PETAL, "train", str(data), "--model", "tutorial", "--epochs", "50", "--image-size", "64", "64",
+                              "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoint" / "state.json").exists():
+        assert child.poll() is None and time.time() < deadline, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+
+    assert child.returncode == 130
+    assert stderr.splitlines()[-1] == f"petal: interrupted; continue with: petal train {data} --out {run} --resume"
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

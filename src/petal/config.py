@@ -113,6 +113,11 @@ class TrainConfig:
     preprocessing: str | None = None  # recorded from the model registry: what the model does to its 0..255 input
     resize_method: str = field(default=RESIZE_METHOD, init=False)  # recorded, not chosen: see petal.data.decode
 
+    def resumed_with(self, **settings) -> "TrainConfig":
+        """This (a run's saved) config with the settings given again to continue it; None keeps the saved value, so
+        `petal train DIR --out RUN --resume` needs none of the run's options repeated."""
+        return dataclasses.replace(self, **{k: v for k, v in settings.items() if v is not None})
+
     @classmethod
     def for_model(cls, data_dir: str, model: str, **settings) -> "TrainConfig":
         """The model's recipe (petal.registry registry), overridden by every setting that is not None.

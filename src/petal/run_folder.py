@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -69,7 +70,21 @@ class RunFolder:
             raise RunFolderError(f"{self.path}: no such run folder")
         for name in names:
             if not (self.path / name).exists():
-                raise RunFolderError(f"{self.path}: not a finished run folder ({name} is missing)")
+                started = name != "config.json" and self.config_path.is_file()
+                resume = f"; if its training was stopped, continue it: {self.resume_command()}" if started else ""
+                raise RunFolderError(f"{self.path}: not a finished run folder ({name} is missing){resume}")
+
+    def resume_command(self) -> str:
+        """The command that continues this run's training (its data folder from config.json)."""
+        try:
+            data_dir = read_json(self.config_path)["data_dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            data_dir = "DATA_DIR"
+        return f"petal train {shlex.quote(str(data_dir))} --out {shlex.quote(str(self.path))} --resume"
+
+    def finished(self) -> bool:
+        """Training wrote its last records (model.keras first, the diagnosis and report.html last)."""
+        return all((self.path / name).exists() for name in ("model.keras", RECORDS["diagnosis"], "report.html"))
 
     def config(self) -> TrainConfig:
         self.require("config.json")

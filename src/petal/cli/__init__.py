@@ -67,6 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         where = exc.filename if exc.filename is not None else ""
         print(printable(f"petal: error: {where}: {exc.strerror or exc}" if where else f"petal: error: {exc}"), file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("petal: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say how to go on (petal train: its --resume command)
+        print(printable("petal: interrupted" + (f"; {exc}" if str(exc) else "")), file=sys.stderr)
         return 130

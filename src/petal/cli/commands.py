@@ -228,6 +228,7 @@ def _train(args, data_dir):
         from petal.training import loop
     model = args.model or DEFAULT_MODEL
     get_model_entry(model)
+    resume = getattr(args, "resume", False)
     settings = {name: getattr(args, name, None) for name in SETTINGS}
     if settings["exclude"]:
         settings["exclude"] = read_exclusion_list(settings["exclude"], data_dir)
@@ -236,17 +237,25 @@ def _train(args, data_dir):
     on_ray = bool(getattr(args, "workers", None) or getattr(args, "address", None))
     if on_ray:
         settings["strategy"] = "multi-worker"
-    config = TrainConfig.for_model(str(resolved(data_dir)), model, **settings)
     out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if on_ray:
-        require(("ray", "psutil"), "petal train --workers")
-        with needs_extra("petal train --workers"):
-            from petal.scale.multi_worker import train_on_ray
-        result = train_on_ray(config, out, address=args.address, resume=getattr(args, "resume", False))
+    if resume and (Path(out) / "config.json").is_file():  # options left out keep the run's own
+        config = RunFolder(out).config().resumed_with(data_dir=str(resolved(data_dir)), model=args.model, **settings)
     else:
-        # a progress bar on a terminal, one line per epoch in a log; stdout holds only the JSON with --json
-        verbose = 0 if getattr(args, "json", False) else 1 if sys.stdout.isatty() else 2
-        result = loop.train(config, out, resume=getattr(args, "resume", False), verbose=verbose, progress=progress_bar())
+        config = TrainConfig.for_model(str(resolved(data_dir)), model, **settings)
+    try:
+        if on_ray:
+            require(("ray", "psutil"), "petal train --workers")
+            with needs_extra("petal train --workers"):
+                from petal.scale.multi_worker import train_on_ray
+            result = train_on_ray(config, out, address=args.address, resume=resume)
+        else:
+            # a progress bar on a terminal, one line per epoch in a log; stdout holds only the JSON with --json
+            verbose = 0 if getattr(args, "json", False) else 1 if sys.stdout.isatty() else 2
+            result = loop.train(config, out, resume=resume, verbose=verbose, progress=progress_bar())
+    except KeyboardInterrupt:
+        if (Path(out) / "config.json").is_file():
+            raise KeyboardInterrupt(f"continue with: {RunFolder(out).resume_command()}") from None
+        raise
     if not getattr(args, "json", False):
         print(f"Diagnosis: {result.diagnosis['verdict']}")
     return result

@@ -47,6 +47,8 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
     split, start_epoch = single.plan_run(run, config, resume)
+    if resume and run.finished():
+        return single.finished_run(run)
     started = time.perf_counter()
     clock = RunClock.start(run)
     log.info("%s ...", f"joining the Ray cluster at {address}" if address else "starting a local Ray cluster on 127.0.0.1")

@@ -78,6 +78,12 @@ def prepare_data(config: TrainConfig, split: Split, progress=None) -> PreparedDa
     return PreparedData(split, cache.load(split.train, progress=progress), cache.load(split.validation, progress=progress))
 
 
+def finished_run(run: RunFolder) -> TrainResult:
+    """--resume of a run that has finished: its result as recorded; nothing is trained or written again."""
+    log.info("%s: finished already (model.keras, report.html); nothing to resume", run.path)
+    return TrainResult(run, run.history(), run.record("diagnosis"), run.skipped())
+
+
 def report_skipped(run: RunFolder, skipped: dict[str, str]) -> None:
     """RUN/skipped.csv and one warning naming the first files, when some of the split could not be decoded."""
     if skipped:
@@ -110,6 +116,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     run = RunFolder(out_dir)
     timings: dict[str, float] = {}
     split, start_epoch = plan_run(run, config, resume)
+    if resume and run.finished():
+        return finished_run(run)
     clock = RunClock.start(run)
     class_names = split.train.class_names
     num_classes = len(class_names)
@@ -419,9 +427,10 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
     if resume:
         saved = run.config().to_dict()
         given = config.to_dict()
-        changed = {k: (v, given[k]) for k, v in saved.items() if given[k] != v and k not in RESULT_NEUTRAL_SETTINGS}
+        changed = [f"{k} (saved {v!r}, given {given[k]!r})" for k, v in saved.items() if given[k] != v and k not in RESULT_NEUTRAL_SETTINGS]
         if changed:
-            raise RunFolderError(f"{run.path}: cannot resume with different settings (saved, given): {changed}")
+            raise RunFolderError(f"{run.path}: cannot resume with different settings: {'; '.join(changed)}. "
+                                 f"Leave those options out to keep the run's own")
         if not run.state()["epochs_done"]:
             log.info("%s: no epoch had been recorded; starting the run again", run.path)
             return make_split(config), 0
