@@ -18,6 +18,7 @@ from PIL import Image
 
 from petal.data.doctor import examine
 from petal.data.split import load_split
+from petal.errors import ConfigError
 
 pytest.importorskip("cleanlab")
 
@@ -189,9 +190,13 @@ def test_an_exclusion_list_leaves_its_files_out_and_every_other_file_keeps_its_s
 
     listed = tmp_path / "exclude.json"
     listed.write_text(json.dumps({"findings": [{"path": "blue/filed_wrong.png", "kind": "label-issue"},
-                                               {"path": "green/img_001.png", "kind": "hidden"}]}))
+                                               {"path": "green/img_001.png", "kind": "hidden"}], "label_issues": {}}))
     (tmp_path / "exclude.txt").write_text(f"# by hand\n{messy / 'red' / 'checkerboard.png'}\n")
     assert read_exclusion_list(listed, messy) == ("blue/filed_wrong.png",)
+    plain = tmp_path / "plain.json"  # `petal data --json` without --label-issues: nothing to exclude, said so
+    plain.write_text(json.dumps({"findings": [{"path": "green/img_001.png", "kind": "hidden"}]}))
+    with pytest.raises(ConfigError, match="made without --label-issues"):
+        read_exclusion_list(plain, messy)
     assert read_exclusion_list(tmp_path / "exclude.txt", messy) == ("red/checkerboard.png",)
     full = load_split(messy)
     kept = load_split(messy, exclude=("blue/filed_wrong.png",))

@@ -127,11 +127,11 @@ def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
 
 def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> tuple[str, ...]:
     """The paths (relative to `root`, sorted) that `source` lists for `petal train --exclude`: a `petal data
-    --json` report (the paths of its EXCLUDE_KINDS findings), a JSON list of paths, or a text file with one
+    --label-issues --json` report (the paths of its EXCLUDE_KINDS findings), a JSON list of paths, or a text file with one
     path per line (blank lines and lines starting with # ignored). Absolute paths inside `root` are made relative.
 
     Raises:
-        ConfigError: the file cannot be read or is JSON of another shape.
+        ConfigError: the file cannot be read, is JSON of another shape, or a report made without --label-issues.
     """
     try:
         text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
@@ -143,6 +143,9 @@ def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> t
         except (ValueError, RecursionError) as exc:
             raise ConfigError(f"{source}: not valid JSON ({exc})") from None
         if isinstance(data, dict) and isinstance(data.get("findings"), list):
+            if "label_issues" not in data:  # a plain doctor report: nothing in it is a label issue or an outlier
+                raise ConfigError(f"{source}: a `petal data --json` report made without --label-issues lists no "
+                                  f"{' or '.join(EXCLUDE_KINDS)} findings to exclude; make it with --label-issues")
             entries = [f.get("path") for f in data["findings"] if isinstance(f, dict) and f.get("kind") in EXCLUDE_KINDS]
             if not all(isinstance(p, str) for p in entries):
                 raise ConfigError(f"{source}: a finding's path is not a string")
