@@ -103,3 +103,25 @@ def test_figure_titles_keep_their_line_breaks_and_escape_control_characters():
 
     assert drawable("roses -> tulips\nphoto.jpg  0.18") == "roses -> tulips\nphoto.jpg  0.18"  # a contact sheet's title
     assert drawable("red\x1b[31m") == "red\\x1b[31m"
+
+
+def test_files_training_could_not_decode_count_nowhere_as_training_photos(tmp_path):
+    import re
+
+    data = make_folder(tmp_path / "photos", per_class=8)
+    for name in ("blue", "green", "red"):
+        (data / name / "broken.jpg").write_bytes(b"not a photo")
+    config = TrainConfig(str(data), model="tutorial", epochs=1, batch_size=8, image_size=(16, 16), cache_dir=str(tmp_path / "cache"))
+    run = train(config, tmp_path / "run", verbose=0).run
+    skipped = run.skipped()
+    train_paths = run.split("train").paths
+    assert len(skipped) == 3 and set(skipped) & set(train_paths)
+    used = len([p for p in train_paths if p not in skipped])
+
+    page = (run / "report.html").read_text()
+    data_section = page[page.index("<h2>Data"):page.index("<h2>Training")]
+    assert re.search(rf"<td>all</td><td>{used}</td>", data_section), data_section[:600]
+    export_litert(run.path, ExportConfig(variants=("int8",)))
+    calibrated = {line.split(",")[0] for line in (run / "export" / "calibration.csv").read_text().splitlines()[1:]}
+    assert len(calibrated) == used and not calibrated & set(skipped)
+    assert evaluate(run.path, data).training_photos == used

@@ -216,7 +216,8 @@ def training_overlap(model_path: str | os.PathLike, folder: ImageFolder) -> int:
     if run is None:
         return 0
     train = run.split("train")
-    trained_on = {content_key(train.absolute(p)) for p in train.paths} - {None}
+    skipped = run.skipped()  # listed in the split, never decoded: not trained on
+    trained_on = {content_key(train.absolute(p)) for p in train.paths if p not in skipped} - {None}
     return sum(content_key(folder.absolute(p)) in trained_on for p in folder.paths)
 
 

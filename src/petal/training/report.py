@@ -140,12 +140,13 @@ def _config_section(config: dict) -> str:
 
 def _data_section(run: RunFolder) -> str:
     labels = list(run.class_names())
-    counts = {subset: np.bincount(folder.labels, minlength=len(labels)) for subset, folder in run.splits().items()}
+    left_out = run.skipped()
+    used = {subset: np.array([p not in left_out for p in folder.paths], bool) for subset, folder in run.splits().items()}
+    counts = {subset: np.bincount(folder.labels[used[subset]], minlength=len(labels)) for subset, folder in run.splits().items()}
     rows = [(name, *[int(c[i]) for c in counts.values()]) for i, name in enumerate(labels)]
     rows.append(("all", *[int(c.sum()) for c in counts.values()]))
     subsets = list(counts)
     skipped = ""
-    left_out = run.skipped()
     if left_out:
         skipped = f"<p>{counted(len(left_out), 'file')} left out (could not be decoded):</p>" + _table(["file", "reason"], list(left_out.items())[:50])
     return ("<h2>Data</h2>" + _table(["class", *subsets], rows) + skipped + _copies(run)
@@ -158,7 +159,7 @@ def _copies(run: RunFolder) -> str:
                                        "accuracy counts them as new photos"),
                       ("two_classes", "files with the same contents under two classes: one of the labels is wrong")):
         if copies.get(key):
-            out += f"<p class=verdict>{copies[key + '_count']} {what}.</p>" + _table(["file", "same contents as"], copies[key][:20])
+            out += f"<p class=verdict>{counted(copies[key + '_count'], 'file')} {what.removeprefix('files ')}.</p>" + _table(["file", "same contents as"], copies[key][:20])
     if out:
         out += "<p><code>petal data DIR</code> names near copies too, and <code>--label-issues</code> photos filed under the wrong class.</p>"
     return out
