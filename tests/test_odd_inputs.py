@@ -344,6 +344,9 @@ def test_kind11_metadata_is_checked_against_the_models_tensors(tmp_path, bare_tf
         path.write_bytes(files[kind])
         with pytest.raises(PetalError, match=pattern):
             Predictor.load(path)
+    (tmp_path / "text.tflite").write_text("garbage\n")
+    with pytest.raises(PetalError, match=r"not a LiteRT model \(no TFL3 flatbuffer identifier; its first bytes are 67 61 72 62 61 67 65 0a\)$"):
+        Predictor.load(tmp_path / "text.tflite")
 
 
 def test_kind11_serve_refuses_a_tflite_whose_labels_disagree_with_its_outputs(tmp_path, bare_tflite):

@@ -59,7 +59,7 @@ def _print_data_report(report, split, seconds, doctor, args) -> None:
         print("Converted to RGB: " + ", ".join(f"{k} ({n})" for k, n in sorted(report.conversions.items())))
     unindexed = doctor.unindexed_files(args.data_dir)
     if unindexed:
-        print(printable(f"Not indexed (not an image extension): {len(unindexed)} files, e.g. {', '.join(unindexed[:3])}"))
+        print(printable(f"Not indexed (not an image extension): {counted(len(unindexed), 'file')}, e.g. {', '.join(unindexed[:3])}"))
     if not report.findings:
         print("No problems found.")
         return

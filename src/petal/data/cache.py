@@ -28,7 +28,7 @@ import numpy as np
 from petal import atomic
 from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, decode_image, open_regular
 from petal.data.index import ImageFolder
-from petal.errors import DiskFullError, ImageError
+from petal.errors import DiskFullError, ImageError, counted
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +214,10 @@ class DecodeCache:
         path_of = {k: p for k, p in zip(keys, absolute)}
         if missing:
             self._check_space(len(missing))
-            log.info("decoding %d images into %s", len(missing), self.dir)
+            log.info("decoding %s into %s", counted(len(missing), "image"), self.dir)
             self._decode_into(store, [path_of[k] for k in missing], missing, workers, progress)
         log.info(
-            "decoded %d images, %d read from the decode cache %s", len(missing), len(keys) - len(missing), self.dir
+            "decoded %s, %d read from the decode cache %s", counted(len(missing), "image"), len(keys) - len(missing), self.dir
         )
         return store.rows(folder, keys, (*self.image_size, 3), "uint8", computed=len(missing))
 

@@ -51,8 +51,9 @@ def read_metadata(source: str | os.PathLike | bytes, name: str | None = None) ->
     name = name or ("<model bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source))
     data = source if isinstance(source, (bytes, bytearray)) else open(source, "rb").read()
     if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
-        what = "a zip archive" if data[:2] == b"PK" else "empty" if not data else f"starts with {bytes(data[:8])!r}"
-        raise ModelFileError(f"{name}: not a LiteRT model (no TFL3 flatbuffer identifier; the file is {what})")
+        what = ("the file is a zip archive" if data[:2] == b"PK" else "the file is empty" if not data
+                else f"its first bytes are {bytes(data[:8]).hex(' ')}")
+        raise ModelFileError(f"{name}: not a LiteRT model (no TFL3 flatbuffer identifier; {what})")
     try:
         model = schema.Model.GetRootAsModel(data, 0)
         if not 0 <= model.MetadataLength() <= MAX_METADATA_ENTRIES:
