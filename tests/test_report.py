@@ -95,7 +95,9 @@ def test_a_photo_filed_under_two_classes_and_files_left_out_by_exclude_reach_the
     assert copies["two_classes_count"] == 1 and "green/also_red.jpg" in copies["two_classes"][0]
     page = (run / "report.html").read_text()
     assert "files with the same contents under two classes" in page
-    assert "2 files listed by <code>--exclude</code>" in page[page.index("<h2>Result"):page.index("<h2>Data")]
+    result = page[page.index("<h2>Result"):page.index("<h2>Data")]
+    assert "2 files listed by <code>--exclude</code>" in result
+    assert "Not calibrated: " in result and "fewer than the 25 calibration needs" in result  # as petal train said
 
 
 def test_figure_titles_keep_their_line_breaks_and_escape_control_characters():

@@ -19,7 +19,7 @@ import numpy as np
 from petal import atomic
 from petal.errors import counted
 from petal.run_folder import RunFolder, duration
-from petal.runtime.calibration import Calibration
+from petal.runtime.calibration import MIN_IMAGES, Calibration
 
 STYLE = """
 *{box-sizing:border-box}
@@ -111,6 +111,9 @@ def _result_section(run: RunFolder, config: dict) -> str:
     pairs = [(int(confusion.flat[i]), names[i // len(names)], names[i % len(names)]) for i in order if confusion.flat[i] > 0]
     if pairs:
         lines.append("<p>Most confused: " + "; ".join(f"{_e(true)} taken for {_e(taken)} ({count})" for count, true, taken in pairs) + ".</p>")
+    if n < MIN_IMAGES:  # petal.runtime.calibration.calibrate fits nothing to so few
+        lines.append(f"<p>Not calibrated: {n} validation images, fewer than the {MIN_IMAGES} calibration needs; confidences are "
+                     f"the model's own and no prediction says <i>not sure</i>.</p>")
     if calibration.threshold > 0:
         sure = calibration.accuracy_when_sure
         lines.append(f"<p>Below a calibrated confidence of {100 * calibration.threshold:.0f}% a prediction says <i>not sure</i>: "
