@@ -94,7 +94,7 @@ def test_a_photo_filed_under_two_classes_and_files_left_out_by_exclude_reach_the
     copies = run.record("copies")
     assert copies["two_classes_count"] == 1 and "green/also_red.jpg" in copies["two_classes"][0]
     page = (run / "report.html").read_text()
-    assert "files with the same contents under two classes" in page
+    assert "1 file with the same contents under two classes" in page
     result = page[page.index("<h2>Result"):page.index("<h2>Data")]
     assert "2 files listed by <code>--exclude</code>" in result
     assert "Not calibrated: " in result and "fewer than the 25 calibration needs" in result  # as petal train said
