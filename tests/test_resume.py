@@ -27,6 +27,8 @@ def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all_and_cou
     child.send_signal(signal.SIGKILL)
     child.wait()
     killed = json.loads(state.read_text())
+    clock = run / "checkpoint" / "clock.json"  # written every few seconds: absent if the kill came sooner
+    killed_seconds = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
     assert killed["epochs_done"] < 3
     assert not (run / "model.keras").exists()
     export = subprocess.run([PETAL, "export", str(run)], capture_output=True, text=True)
@@ -40,7 +42,7 @@ def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all_and_cou
     assert [int(row["epoch"]) for row in history] == [1, 2, 3]
     resumed_epochs = sum(float(row["seconds"]) for row in history[killed["epochs_done"]:])
     seconds = json.loads((run / "environment.json").read_text())["seconds"]
-    assert seconds >= killed["seconds"] + resumed_epochs  # the run's time, not the last process's
+    assert seconds >= killed_seconds + resumed_epochs  # the run's time, not the last process's
     assert json.loads(state.read_text())["epochs_done"] == 3
     import keras
 
@@ -142,3 +144,20 @@ def test_the_run_end_estimate_leaves_out_each_fits_first_epoch_which_traces_the_
     assert lines[0] == "epoch 5 of 10: val accuracy 0.5000, 40 s"  # no estimate from a tracing epoch
     assert lines[1].endswith("the run ends in about 40 s")  # 4 epochs left at 10 s
     assert lines[2].endswith("the run ends in about 30 s")
+
+
+def test_the_run_clock_records_a_killed_process_time_as_it_goes(tmp_path, monkeypatch):
+    from petal.run_folder import RunFolder
+    from petal.training import checkpoints
+    from petal.training.checkpoints import RunClock
+
+    monkeypatch.setattr(checkpoints, "HEARTBEAT_S", 0.05)
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.config_path.write_text("{}")  # the clock writes only into a run folder --resume can read
+    with RunClock(run):
+        time.sleep(0.5)
+        recorded = json.loads((run.checkpoint_dir / "clock.json").read_text())["seconds"]  # what a kill -9 now leaves
+        assert recorded >= 0.3
+    resumed = RunClock(run)
+    assert resumed.earlier >= 0.5 and resumed.seconds() >= 0.5

@@ -49,32 +49,32 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
     split, start_epoch = single.plan_run(run, config, resume)
     if resume and run.finished():
         return single.finished_run(run)
-    started = time.perf_counter()
-    clock = RunClock.start(run)
-    log.info("%s ...", f"joining the Ray cluster at {address}" if address else "starting a local Ray cluster on 127.0.0.1")
-    with ray_cluster(address, dashboard=dashboard) as ray:
-        check_workers(ray, config.workers)
-        log.info("Ray ready in %.0f s; starting %d training workers: each loads TensorFlow and decodes its share of the "
-                 "images before the first epoch", time.perf_counter() - started, config.workers)
-        if not start_epoch:
-            run.write_start(config, split)
-        single.write_parallelism(run, config, "multi-worker", config.workers)
-        timings: dict[str, float] = {}
-        if start_epoch >= config.total_epochs:
-            log.info("%s: all %d epochs are done", run.path, config.total_epochs)
+    with RunClock(run) as clock:
+        started = time.perf_counter()
+        log.info("%s ...", f"joining the Ray cluster at {address}" if address else "starting a local Ray cluster on 127.0.0.1")
+        with ray_cluster(address, dashboard=dashboard) as ray:
+            check_workers(ray, config.workers)
+            log.info("Ray ready in %.0f s; starting %d training workers: each loads TensorFlow and decodes its share of the "
+                     "images before the first epoch", time.perf_counter() - started, config.workers)
+            if not start_epoch:
+                run.write_start(config, split)
+            single.write_parallelism(run, config, "multi-worker", config.workers)
+            timings: dict[str, float] = {}
+            if start_epoch >= config.total_epochs:
+                log.info("%s: all %d epochs are done", run.path, config.total_epochs)
+            else:
+                with single.timed(timings, "train"):  # the workers' start, decode and epochs
+                    _fit_on_workers(ray, run, config, start_epoch)
+        skipped = _skipped_by_workers(run)
+        single.report_skipped(run, skipped)
+        shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
+        recorder = RunRecorder(run)
+        if config.early_stopping:
+            model = recorder.best_model()
         else:
-            with single.timed(timings, "train"):  # the workers' start, decode and epochs
-                _fit_on_workers(ray, run, config, start_epoch, clock)
-    skipped = _skipped_by_workers(run)
-    single.report_skipped(run, skipped)
-    shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
-    recorder = RunRecorder(run)
-    if config.early_stopping:
-        model = recorder.best_model()
-    else:
-        model = load_keras_model(run.checkpoint_dir / run.state()["model"])
-    num_classes = len(split.train.class_names)
-    return single.finish(run, config, model, num_classes, timings, skipped=skipped, clock=clock)
+            model = load_keras_model(run.checkpoint_dir / run.state()["model"])
+        num_classes = len(split.train.class_names)
+        return single.finish(run, config, model, num_classes, timings, skipped=skipped, clock=clock)
 
 
 def _skipped_by_workers(run: RunFolder) -> dict[str, str]:
@@ -91,7 +91,7 @@ def _ray_dir(run: RunFolder) -> Path:
     return path
 
 
-def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int, clock) -> None:
+def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -99,8 +99,7 @@ def _fit_on_workers(ray, run: RunFolder, config: TrainConfig, start_epoch: int, 
 
     trainer = TensorflowTrainer(
         _worker_loop,
-        train_loop_config={"config": config.to_dict(), "run": str(run.path.resolve()), "start_epoch": start_epoch,
-                           "clock": dataclasses.asdict(clock)},
+        train_loop_config={"config": config.to_dict(), "run": str(run.path.resolve()), "start_epoch": start_epoch},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(storage_path=str(_ray_dir(run)), name="train"),
     )
@@ -127,7 +126,7 @@ def _worker_loop(settings: dict) -> None:
     from petal.data.index import ImageFolder
     from petal.training import loop as single
     from petal.training.augment import build_augmentation
-    from petal.training.checkpoints import RunClock, RunRecorder
+    from petal.training.checkpoints import RunRecorder
     from petal.training.optimization import compile_for_training, dtype_policy
     from petal.training.pipeline import make_dataset
     from petal.training.precision import resolve_precision
@@ -158,7 +157,7 @@ def _worker_loop(settings: dict) -> None:
     scratch = None if chief else tempfile.TemporaryDirectory(prefix=f"scratch-rank-{rank}-", dir=_ray_dir(run))
     with dtype_policy(resolve_precision(config.precision)), strategy.scope():
         resumed_from = run.state()["model"] if start_epoch else None
-        recorder = RunRecorder(run, config.early_stopping, clock=RunClock(**settings["clock"])) if chief else None
+        recorder = RunRecorder(run, config.early_stopping) if chief else None
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / resumed_from, compile=True)
         else:

@@ -1,47 +1,73 @@
 """After every epoch: a checkpoint (model and optimizer state), the history row, then state.json, which
-commits them, so a killed run resumes from its last finished epoch; early stopping; the whole run's ETA and
+commits them, so a killed run resumes from its last finished epoch; early stopping; the whole run's ETA; and
 its wall time across the processes that trained it (RunClock)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
 
 import keras
 
-from petal.run_folder import RunFolder, load_keras_model
+from petal import atomic
+from petal.errors import RunFolderError
+from petal.run_folder import RunFolder, load_keras_model, read_json
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_S = 5.0  # how often a training process records its wall time
 
-@dataclass(frozen=True)
+
 class RunClock:
-    """A run's wall time across the processes that trained it (`petal train`, then each `--resume`): what the
-    earlier ones had spent by their last checkpoint (state.json's `seconds`), plus this process's since `started`
-    (time.time(), so a multi-worker chief on the same machine reads the same clock). The time an interrupted
-    process spent after its last checkpoint is lost with the work it did."""
+    """A run's wall time across the processes that trained it (`petal train`, then each `--resume`), kept in
+    checkpoint/clock.json: what the earlier processes spent, plus this one's since the clock was made. While it
+    runs (`with RunClock(run) as clock:`), a daemon thread rewrites the file every HEARTBEAT_S seconds once the run
+    folder holds its config.json, so a killed process loses at most that much of its time."""
 
-    earlier: float
-    started: float
-
-    @classmethod
-    def start(cls, run: RunFolder) -> RunClock:
-        """Read before this process writes any checkpoint."""
-        return cls(float(run.state().get("seconds", 0.0)), time.time())
+    def __init__(self, run: RunFolder):
+        self.run = run
+        self.path = run.checkpoint_dir / "clock.json"
+        try:  # nothing there: a fresh run, or one from before the clock; a damaged record only costs the time
+            self.earlier = float(read_json(self.path)["seconds"]) if self.path.exists() else 0.0
+        except (RunFolderError, KeyError, TypeError, ValueError):
+            self.earlier = 0.0
+        self.started = time.time()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="petal-run-clock", daemon=True)
 
     def seconds(self) -> float:
         return self.earlier + time.time() - self.started
+
+    def __enter__(self) -> RunClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._write()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(HEARTBEAT_S):
+            self._write()
+
+    def _write(self) -> None:
+        if not self.run.config_path.exists():  # before write_start: a folder --resume could not read
+            return
+        try:
+            atomic.write_json(self.path, {"seconds": round(self.seconds(), 1)})
+        except OSError:  # a full disk: the training itself says so, in one line
+            pass
 
 
 class RunRecorder(keras.callbacks.Callback):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
 
-    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None, clock: RunClock | None = None):
+    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None):
         super().__init__()
         self.run = run
-        self.clock = clock or RunClock.start(run)
         self.patience = patience
         self.total_epochs = total_epochs  # for the whole run's ETA after each epoch
         self.started = time.perf_counter()
@@ -86,8 +112,7 @@ class RunRecorder(keras.callbacks.Callback):
         for number, logs in enumerate(epochs, start=first_epoch + 1):
             rows.append({"epoch": number, **{k: float(v) for k, v in sorted(logs.items())}, "seconds": round(seconds, 3)})
         self.run.write_history(rows)
-        self.run.write_state({"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value,
-                              "seconds": round(self.clock.seconds(), 1)})
+        self.run.write_state({"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
         self.run.remove_old_checkpoints(keep=name)
         if self.patience and last - best_epoch >= self.patience:
             log.info("early stopping after epoch %d: no better val accuracy for %d epochs", last, self.patience)

@@ -114,11 +114,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     entry = check_model_settings(config)
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
-    timings: dict[str, float] = {}
     split, start_epoch = plan_run(run, config, resume)
     if resume and run.finished():
         return finished_run(run)
-    clock = RunClock.start(run)
+    with RunClock(run) as clock:
+        return _train(run, config, entry, split, start_epoch, clock, verbose, progress, callbacks)
+
+
+def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch: int, clock: RunClock, verbose: int, progress,
+           callbacks) -> TrainResult:
+    timings: dict[str, float] = {}
     class_names = split.train.class_names
     num_classes = len(class_names)
     keras.utils.set_random_seed(config.training_seed + start_epoch)
@@ -148,7 +153,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
             run.write_record("copies", exact_copies(data))
-        recorder = RunRecorder(run, config.early_stopping, config.total_epochs, clock)
+        recorder = RunRecorder(run, config.early_stopping, config.total_epochs)
         callbacks = [keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False, profile_batch=0), *callbacks]
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / run.state()["model"], compile=True)
