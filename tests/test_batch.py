@@ -186,3 +186,11 @@ def test_more_workers_than_cpus_is_refused_and_all_bad_files_exit_non_zero(model
                              capture_output=True, text=True, timeout=300)
     assert all_bad.returncode == 2 and "0 predicted, 3 failed" in all_bad.stdout
     assert json.loads((tmp_path / "b" / "_batch.json").read_text())["files"] == 3
+    listed = tmp_path / "list.txt"  # a corrected source, with a comment line, into the same --out: no --overwrite needed
+    listed.write_text("# the photos\n" + "\n".join(str(p) for p in sorted(photos.rglob("photo_00*.jpg"))) + "\n")
+    corrected = subprocess.run([PETAL, "predict-batch", str(model), str(listed), "--out", str(tmp_path / "b")],
+                               capture_output=True, text=True, timeout=300)
+    assert corrected.returncode == 0 and "10 predicted, 0 failed" in corrected.stdout, corrected.stderr[-800:]
+    again = subprocess.run([PETAL, "predict-batch", str(model), str(listed), "--out", str(tmp_path / "b")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "img/s" not in again.stdout  # nothing predicted this time: no speed to give

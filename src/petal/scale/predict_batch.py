@@ -50,7 +50,8 @@ class BatchResult:
         return (self.predicted + self.failed) / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        return f"{self.predicted:,} predicted, {self.failed:,} failed, {self.images_per_second:,.0f} img/s"
+        speed = f", {self.images_per_second:,.0f} img/s" if self.seconds else ""  # every part was there already: no speed
+        return f"{self.predicted:,} predicted, {self.failed:,} failed{speed}"
 
 
 def resolve_model(model: str | os.PathLike) -> Path:
@@ -105,9 +106,9 @@ def _iter_manifest(path: Path) -> Iterator[str]:
             if "path" not in (reader.fieldnames or []):
                 raise ConfigError(f"{path}: a CSV manifest needs a 'path' column; it has {reader.fieldnames}")
             yield from (absolute(row["path"]) for row in reader if row["path"])
-    else:
+    else:  # one path per line; blank lines and # comments skipped, as in petal train --exclude lists
         with open(path, encoding="utf-8") as f:
-            yield from (absolute(line.strip()) for line in f if line.strip())
+            yield from (absolute(line.strip()) for line in f if line.strip() and not line.lstrip().startswith("#"))
 
 
 class BatchFolder:
@@ -135,7 +136,7 @@ class BatchFolder:
         created = not self.path.exists()
         record = self.record()
         if record is not None and record["identity"] != identity:
-            if not overwrite and "parts" in record:  # a listing that never completed holds no predictions
+            if not overwrite and "parts" in record and not record.get("nothing_predicted"):  # else nothing to lose
                 changed = sorted(k for k in identity if record["identity"].get(k) != identity[k])
                 raise RunFolderError(
                     f"{self.path}: holds predictions of another {' and '.join(changed)}; pass --overwrite to replace them"
@@ -310,6 +311,8 @@ def _totals(folder: BatchFolder, parts: int, skipped: int, seconds: float) -> Ba
         errors = pq.read_table(folder.output_part(k), columns=["error"]).column(0)
         failed += len(errors) - errors.null_count
         predicted += errors.null_count
+    if not predicted:  # only error rows: a corrected command may take the folder without --overwrite
+        atomic.write_json(folder.path / RECORD, {**folder.record(), "nothing_predicted": True})
     return BatchResult(predicted, failed, seconds, skipped)
 
 
