@@ -295,7 +295,30 @@ def test_an_undo_whose_class_folder_became_a_file_puts_the_others_back_and_names
     (photos / "red").write_text("now a file")
     restored, problems = undo_move(manifest)
     assert restored == 1 and (photos / "blue" / "img_000.png").is_file()
-    assert len(problems) == 1 and problems[0].startswith("red/img_000.png: cannot move it back")
+    assert len(problems) == 1 and problems[0].startswith(f"red/img_000.png: its class folder {photos / 'red'} is a file now")
+
+
+def test_an_undo_takes_files_only_from_the_manifests_own_folder_wherever_it_was_moved(messy, tmp_path):
+    from petal.data.doctor import Finding
+    from petal.data.quarantine import move_flagged, undo_move
+    from petal.errors import ConfigError
+
+    photos = shutil.copytree(messy, tmp_path / "photos")
+    other = shutil.copytree(messy, tmp_path / "other")  # another data folder, with files of the same names
+    manifest, _ = move_flagged([Finding("red/img_000.png", "outlier", "")], photos, tmp_path / "q")
+    record = json.loads(Path(manifest).read_text())
+    Path(manifest).write_text(json.dumps({**record, "quarantine": str(other)}))  # edited by hand
+    (tmp_path / "q").rename(tmp_path / "renamed")
+
+    restored, problems = undo_move(tmp_path / "renamed" / Path(manifest).name)
+
+    assert (restored, problems) == (1, []) and (photos / "red" / "img_000.png").is_file()
+    assert (other / "red" / "img_000.png").is_file()  # left where it was
+    gone = tmp_path / "gone.json"
+    gone.write_text(json.dumps({**record, "root": str(tmp_path / "no-such-folder")}))
+    with pytest.raises(ConfigError, match="no-such-folder is no longer there; nothing was moved back"):
+        undo_move(gone)
+    assert not (tmp_path / "no-such-folder").exists()
 
 
 @pytest.mark.parametrize("edit", [{"moved": ["a.jpg"]}, {"moved": {"a": 1}}, {"moved": [{"p": "a.jpg"}]}, {"moved": [{"path": None}]},

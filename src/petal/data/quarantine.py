@@ -92,19 +92,25 @@ def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
     problems). A file whose old place is taken again is left in the quarantine and named in the problems;
     one already back (or never moved) is skipped.
 
+    The files are taken from the manifest's own folder, wherever the quarantine has been moved.
+
     Raises:
-        ConfigError: `manifest` is not a petal quarantine manifest.
+        ConfigError: `manifest` is not a petal quarantine manifest, or its data folder is gone.
     """
     try:
         record = json.loads(Path(manifest).read_text())
         if record["format"] != MANIFEST_FORMAT or not all(isinstance(record[k], str) and Path(record[k]).is_absolute() for k in ("root", "quarantine")):
             raise ValueError(f"format {MANIFEST_FORMAT} with absolute root and quarantine folders expected")
-        root, quarantine, entries = Path(record["root"]), Path(record["quarantine"]), record["moved"]
+        # the files are where the manifest is (a quarantine may be renamed or moved as a whole); its "quarantine"
+        # field only says where it was made, and is never a reason to take files from anywhere else
+        root, quarantine, entries = Path(record["root"]), Path(manifest).resolve().parent, record["moved"]
         paths = [entry["path"] for entry in entries]
         if not all(isinstance(p, str) and Path(p).parts and not Path(p).is_absolute() and ".." not in Path(p).parts for p in paths):
             raise ValueError("every moved path must be a file's path inside the data folder")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{manifest}: not a manifest written by petal data --move-to ({type(exc).__name__}: {exc})") from None
+    if not root.is_dir():
+        raise ConfigError(f"{manifest}: its data folder {root} is no longer there; nothing was moved back")
     restored, problems = 0, []
     for path in paths:
         source, target = quarantine / path, root / path
@@ -114,6 +120,9 @@ def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
             continue
         if target.exists():
             problems.append(f"{path}: {target} exists again; left in {quarantine}")
+            continue
+        if target.parent.exists() and not target.parent.is_dir():
+            problems.append(f"{path}: its class folder {target.parent} is a file now; left in {quarantine}")
             continue
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
