@@ -166,3 +166,24 @@ def test_a_failed_atomic_write_names_the_file_the_caller_asked_for_not_its_scrat
         atomic.write_text(tmp_path / "taken", "text")
     assert raised.value.filename == str(tmp_path / "taken")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no scratch file left beside it
+
+
+def test_running_out_of_memory_is_one_line_naming_the_size_settings(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from petal.config import TrainConfig
+    from petal.errors import ConfigError, OutOfMemoryError
+    from petal.training import loop
+
+    with pytest.raises(ConfigError, match="each from 8 to 8192. Received: image_size=\\(9000, 9000\\)"):
+        TrainConfig(str(tmp_path), "tutorial", image_size=(9000, 9000))
+    data = make_folder(tmp_path / "photos", per_class=6)
+
+    def exhausted(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[16000000,128]\nmore detail")
+    monkeypatch.setattr(loop, "_train", exhausted)
+    config = TrainConfig(str(data), "tutorial", image_size=(4000, 4000), epochs=1)
+    with pytest.raises(OutOfMemoryError) as raised:
+        loop.train(config, tmp_path / "run", verbose=0)
+    assert str(raised.value) == ("out of memory training tutorial at image size 4000x4000, batch size 32 (OOM when allocating tensor "
+                                 "with shape[16000000,128]): use a smaller --image-size or --batch-size in a new --out")

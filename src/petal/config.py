@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
 from petal.data.split import check_seed
 from petal.errors import ConfigError
+from petal.runtime.metadata import MAX_IMAGE_SIDE
 
 AUGMENTATIONS = {
     "none": "no augmentation",
@@ -150,8 +151,9 @@ class TrainConfig:
             self.train_image_size = tuple(int(v) for v in self.train_image_size)
         for name in ("image_size", "train_image_size"):
             size = getattr(self, name)
-            if size is not None and (len(size) != 2 or min(size) < 8):
-                raise ConfigError(f"{name.replace('_', ' ')} must be two numbers (height width), each at least 8. Received: {name}={size}")
+            if size is not None and (len(size) != 2 or min(size) < 8 or max(size) > MAX_IMAGE_SIDE):
+                raise ConfigError(f"{name.replace('_', ' ')} must be two numbers (height width), each from 8 to {MAX_IMAGE_SIDE}. "
+                                  f"Received: {name}={size}")
         for name in ("val_split", "learning_rate", "weight_decay", "label_smoothing", "mixup", "cutmix", "fine_tune_learning_rate"):
             if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
                 raise ConfigError(f"{name} must be a finite number. Received: {name}={getattr(self, name)}")

@@ -53,6 +53,10 @@ class DiskFullError(PetalError):
     what is free, so the user can free space and run the same command again (with --resume for training)."""
 
 
+class OutOfMemoryError(PetalError):
+    """TensorFlow could not allocate a tensor (tf.errors.ResourceExhaustedError); says which settings set its size."""
+
+
 class ModelFileError(PetalError):
     """A model file (`.keras` or `.tflite`) cannot be loaded, or what it says about itself (labels,
     input size) disagrees with the model inside it; names the file."""

@@ -25,7 +25,7 @@ from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import CachedRows, DecodeCache, default_cache_root
 from petal.data.split import Split, load_split
-from petal.errors import ConfigError, RunFolderError, counted, printable
+from petal.errors import ConfigError, OutOfMemoryError, RunFolderError, counted, printable
 from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
 from petal.runtime.calibration import calibrate
@@ -118,7 +118,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     if resume and run.finished():
         return finished_run(run)
     with RunClock(run) as clock:
-        return _train(run, config, entry, split, start_epoch, clock, verbose, progress, callbacks)
+        try:
+            return _train(run, config, entry, split, start_epoch, clock, verbose, progress, callbacks)
+        except tf.errors.ResourceExhaustedError as exc:
+            first_line = (exc.message or str(exc)).strip().splitlines()[0][:200]
+            raise OutOfMemoryError(
+                f"out of memory training {config.model} at image size {config.image_size[0]}x{config.image_size[1]}, batch size "
+                f"{config.batch_size} ({first_line}): use a smaller --image-size or --batch-size in a new --out") from None
 
 
 def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch: int, clock: RunClock, verbose: int, progress,
