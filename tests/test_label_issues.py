@@ -197,6 +197,10 @@ def test_an_exclusion_list_leaves_its_files_out_and_every_other_file_keeps_its_s
     plain.write_text(json.dumps({"findings": [{"path": "green/img_001.png", "kind": "hidden"}]}))
     with pytest.raises(ConfigError, match="made without --label-issues"):
         read_exclusion_list(plain, messy)
+    elsewhere = tmp_path / "elsewhere.json"  # the report of another folder
+    elsewhere.write_text(json.dumps({"root": str(tmp_path / "other-photos"), "findings": [], "label_issues": {}}))
+    with pytest.raises(ConfigError, match="other-photos, not on .*its paths name other photos"):
+        read_exclusion_list(elsewhere, messy)
     assert read_exclusion_list(tmp_path / "exclude.txt", messy) == ("red/checkerboard.png",)
     full = load_split(messy)
     kept = load_split(messy, exclude=("blue/filed_wrong.png",))

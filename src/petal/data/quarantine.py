@@ -155,6 +155,8 @@ def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> t
             if "label_issues" not in data:  # a plain doctor report: nothing in it is a label issue or an outlier
                 raise ConfigError(f"{source}: a `petal data --json` report made without --label-issues lists no "
                                   f"{' or '.join(EXCLUDE_KINDS)} findings to exclude; make it with --label-issues")
+            if isinstance(data.get("root"), str) and Path(data["root"]).resolve() != Path(root).resolve():
+                raise ConfigError(f"{source}: a report on {data['root']}, not on {root}; its paths name other photos")
             entries = [f.get("path") for f in data["findings"] if isinstance(f, dict) and f.get("kind") in EXCLUDE_KINDS]
             if not all(isinstance(p, str) for p in entries):
                 raise ConfigError(f"{source}: a finding's path is not a string")
