@@ -387,3 +387,19 @@ def test_train_exclude_leaves_the_listed_files_out_of_the_split_and_records_them
     saved = json.loads(json.dumps(config.to_dict()))  # as config.json holds it in the run folder
     assert saved["exclude"] == ["blue/filed_wrong.png", "red/checkerboard.png"]
     assert TrainConfig.from_dict(saved) == config
+
+
+def test_a_near_copy_across_classes_names_a_partner_in_another_class(monkeypatch):
+    from types import SimpleNamespace
+
+    from petal.training import label_issues
+
+    # three copies: 0 and 1 in class a, 2 in class b; 0 is linked to 1 only, 1 to both
+    monkeypatch.setattr(label_issues, "near_copy_pairs", lambda *args: [(0, 1, 0.01, 1), (1, 2, 0.02, 2)])
+    images = SimpleNamespace(paths=["a/x0.jpg", "a/x1.jpg", "b/x2.jpg"])
+    features = np.array([[1.0, 0.0], [1.0, 0.01], [1.0, 0.03]])
+    findings = label_issues.near_duplicates(images, np.array([0, 0, 1]), ("a", "b"), dict.fromkeys(images.paths, "train"),
+                                            features, None, None, 0.05, 3)
+
+    partners = {f.path: f.detail.rsplit(" to ", 1)[1] for f in findings if f.kind == "near-duplicate-across-classes"}
+    assert partners == {"a/x0.jpg": "b/x2.jpg", "a/x1.jpg": "b/x2.jpg", "b/x2.jpg": "a/x1.jpg"}

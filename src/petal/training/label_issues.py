@@ -382,11 +382,15 @@ def near_duplicates(images, labels: np.ndarray, class_names, sides: dict[str, st
     n = len(paths)
     graph = coo_matrix((np.ones(len(pairs)), ([p[0] for p in pairs], [p[1] for p in pairs])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
-    nearest: dict[int, tuple[float, int, int]] = {}
+    nearest: dict[int, tuple[float, int, int]] = {}  # each file's nearest linked copy ...
+    across: dict[int, tuple[float, int, int]] = {}  # ... and its nearest linked copy in another class
     for i, j, d, bits in pairs:
         for a, b in ((i, j), (j, i)):
             if a not in nearest or d < nearest[a][0]:
                 nearest[a] = (d, bits, b)
+            if labels[a] != labels[b] and (a not in across or d < across[a][0]):
+                across[a] = (d, bits, b)
+    cosine = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     groups: dict[int, list[int]] = {}
     for i in sorted(nearest, key=lambda i: paths[i]):
         groups.setdefault(component[i], []).append(i)
@@ -394,7 +398,11 @@ def near_duplicates(images, labels: np.ndarray, class_names, sides: dict[str, st
     for group in groups.values():
         def finding(i, kind, prefix=""):
             d, bits, j = nearest[i]
-            return ScoredFinding(paths[i], kind, f"{prefix}cosine distance {d:.3f}, {bits} of 64 hash bits differ, to {paths[j]}",
+            if kind == "near-duplicate-across-classes":  # its partner is in another class, linked directly or through the group
+                others = [k for k in group if labels[k] != labels[i]]
+                d, bits, j = across.get(i) or min((float(1 - cosine[i] @ cosine[k]), None, k) for k in others)
+            hashed = "" if bits is None else f", {bits} of 64 hash bits differ"
+            return ScoredFinding(paths[i], kind, f"{prefix}cosine distance {d:.3f}{hashed}, to {paths[j]}",
                                  class_names[labels[i]], class_names[labels[j]], None, d, bits)
         classes = {int(labels[i]) for i in group}
         if len(classes) > 1:
