@@ -103,8 +103,14 @@ def test_mixed_precision_training_saves_a_float32_model_and_early_stopping_keeps
 def test_a_short_run_of_a_recipe_with_warm_up_shortens_the_warm_up_unless_it_was_asked_for():
     assert TrainConfig.for_model("photos", "petal-resnet", epochs=1).warmup_epochs == 0
     assert TrainConfig.for_model("photos", "petal-resnet", epochs=2).warmup_epochs == 1
-    with pytest.raises(ConfigError, match="warm-up must be shorter"):
+    with pytest.raises(ConfigError, match="warm-up must be 0 or more epochs, and shorter than the run"):
         TrainConfig.for_model("photos", "petal-resnet", epochs=2, warmup_epochs=2)
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_too_few_workers_are_refused_for_their_number_not_their_strategy(workers):
+    with pytest.raises(ConfigError, match=f"workers must be at least 1. Received: workers={workers}$"):
+        TrainConfig.for_model("photos", "tutorial", workers=workers, strategy="multi-worker")
 
 
 def test_no_fine_tuning_epochs_is_refused_for_what_was_given_not_for_a_derived_warm_up():

@@ -177,14 +177,17 @@ class TrainConfig:
         if self.weight_decay < 0 or (self.weight_decay and self.optimizer != "adamw"):
             raise ConfigError(f"weight decay needs optimizer 'adamw' and a value >= 0. Received: weight_decay={self.weight_decay}")
         if not 0 <= self.warmup_epochs < self.epochs:
-            raise ConfigError(f"warm-up must be shorter than the run. Received: warmup_epochs={self.warmup_epochs}, epochs={self.epochs}")
+            raise ConfigError(f"warm-up must be 0 or more epochs, and shorter than the run. Received: warmup_epochs={self.warmup_epochs}, "
+                              f"epochs={self.epochs}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
         if self.mixup < 0 or self.early_stopping < 0:
             raise ConfigError("mixup and early_stopping must not be negative")
         if not 0 <= self.cutmix <= 1:  # Keras's CutMix takes a factor in [0, 1]
             raise ConfigError(f"cutmix must be in [0, 1]. Received: cutmix={self.cutmix}")
-        if self.workers < 1 or (self.workers > 1 and self.strategy != "multi-worker"):
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1. Received: workers={self.workers}")
+        if self.workers > 1 and self.strategy != "multi-worker":
             raise ConfigError(f"more than one worker needs strategy 'multi-worker'. Received: workers={self.workers}, strategy={self.strategy!r}")
         if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
             raise ConfigError(
@@ -193,7 +196,7 @@ class TrainConfig:
                 f"fine_tune_learning_rate={self.fine_tune_learning_rate}"
             )
         if not 0 <= self.fine_tune_warmup_epochs < self.fine_tune_epochs:
-            raise ConfigError(f"fine-tuning warm-up must be shorter than fine-tuning. Received: fine_tune_warmup_epochs="
+            raise ConfigError(f"fine-tuning warm-up must be 0 or more epochs, and shorter than fine-tuning. Received: fine_tune_warmup_epochs="
                               f"{self.fine_tune_warmup_epochs}, fine_tune_epochs={self.fine_tune_epochs}")
 
     def learning_rate_for(self, base: float, replicas: int) -> float:

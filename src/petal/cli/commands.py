@@ -56,7 +56,7 @@ def trained_summary(result) -> str:
     float32 model's validation accuracy, as export and evaluate will see it."""
     epochs = len(result.history.get("val_accuracy") or [None])
     saved = result.run.record("validation")
-    return (f"Trained in {duration(result.run.record('environment')['seconds'])} ({epochs} epochs): validation accuracy "
+    return (f"Trained in {duration(result.run.record('environment')['seconds'])} ({counted(epochs, 'epoch')}): validation accuracy "
             f"{saved['accuracy']:.4f} on {saved['images']} photos it never trained on")
 
 

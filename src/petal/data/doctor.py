@@ -178,7 +178,7 @@ def _exposure_findings(relative: str, image: Image.Image) -> list[Finding]:
     """Nearly black (what 12-bit values in a 16-bit file look like) or nearly one flat value."""
     low, high = np.percentile(np.asarray(image.convert("L")), [1, 99])
     if high < DARK_LEVEL:
-        return [Finding(relative, "nearly-black", f"99% of pixels below {high:.0f}/255; if the file holds fewer bits than "
+        return [Finding(relative, "nearly-black", f"99% of pixels at or below {high:.0f}/255; if the file holds fewer bits than "
                                                    "its format declares, rescale it to the full range")]
     if high - low < FLAT_SPREAD:
         return [Finding(relative, "near-constant", f"98% of pixels within {low:.0f}..{high:.0f}/255")]

@@ -96,7 +96,8 @@ def _excluding(split: Split, exclude: Collection[str]) -> Split:
     listed = {p for part in (split.train, split.validation, split.test) if part is not None for p in part.paths}
     unknown = sorted(exclude - listed)
     if unknown:
-        log.warning("%d excluded paths are not images of %s, e.g. %s", len(unknown), split.train.root, ", ".join(unknown[:3]))
+        log.warning("%s not images of %s, e.g. %s", counted(len(unknown), "excluded path is", "excluded paths are"),
+                    split.train.root, ", ".join(unknown[:3]))
     log.info("left out %s listed for exclusion", counted(len(exclude & listed), "file"))
     untrained = [name for name, n in kept.train.counts().items() if not n]
     if untrained or not len(kept.validation):

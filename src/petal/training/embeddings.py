@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from petal.data.cache import CachedRows, ShardStore, settings_key
+from petal.errors import counted
 from petal.training.models.backbones import fold_batch_norm
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,10 @@ class EmbeddingCache:
             if key not in store.index:
                 missing.setdefault(key, position)
         if missing:
-            log.info("computing %d embeddings into %s", len(missing), self.dir)
+            log.info("computing %s into %s", counted(len(missing), "embedding"), self.dir)
             self._compute_into(store, images, list(missing.items()), progress)
-        log.info("computed %d embeddings, %d read from the embedding cache %s",
-                 len(missing), len(images) - len(missing), self.dir)
+        log.info("computed %s, %d read from the embedding cache %s",
+                 counted(len(missing), "embedding"), len(images) - len(missing), self.dir)
         dimension = self.features.output_shape[-1]
         return store.rows_like(images, (dimension,), "float32", computed=len(missing))
 
