@@ -107,6 +107,22 @@ def test_figure_titles_keep_their_line_breaks_and_escape_control_characters():
     assert drawable("red\x1b[31m") == "red\\x1b[31m"
 
 
+def test_two_line_titles_of_a_photo_grid_stay_clear_of_the_row_above():
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from petal.training.plots import image_grid
+
+    photos = [np.full((224, 224, 3), 128, np.uint8)] * 12  # a contact sheet's: the decode cache's squares
+    fig = image_grid(photos, [f"{i}. tulips -> roses\n10386522775_4f8c616999_m.jpg  0.17" for i in range(12)], columns=6)
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(90)  # as plots._save writes it: a layout made at another resolution misplaces the titles
+    renderer = canvas.get_renderer()
+    fig.draw(renderer)
+    upper, lower = fig.axes[0], fig.axes[6]  # the first photo of rows 1 and 2
+    assert lower.title.get_window_extent(renderer).y1 <= upper.images[0].get_window_extent(renderer).y0
+
+
 def test_files_training_could_not_decode_count_nowhere_as_training_photos(tmp_path):
     import re
 

@@ -30,15 +30,20 @@ def drawable(text: str) -> str:
 
 def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, columns: int = 3) -> None:
     """A grid of uint8 (or 0..255 float) images with a title over each, like the tutorial's 3x3 plots."""
+    _save(image_grid(images, titles, columns), path)
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 3) -> Figure:
+    """The figure of save_image_grid. Constrained layout makes room for titles of two lines, which tight_layout let
+    run into the row above."""
     rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(3.2 * columns, 3.4 * rows))
+    fig = Figure(figsize=(3.2 * columns, 3.4 * rows), layout="constrained")
     for i, (image, title) in enumerate(zip(images, titles)):
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
         ax.set_title(drawable(title), fontsize=11)
         ax.axis("off")
-    fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def save_curves(history: dict[str, list[float]], path: str | os.PathLike, title: str = "") -> None:
