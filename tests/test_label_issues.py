@@ -403,3 +403,16 @@ def test_a_near_copy_across_classes_names_a_partner_in_another_class(monkeypatch
 
     partners = {f.path: f.detail.rsplit(" to ", 1)[1] for f in findings if f.kind == "near-duplicate-across-classes"}
     assert partners == {"a/x0.jpg": "b/x2.jpg", "a/x1.jpg": "b/x2.jpg", "b/x2.jpg": "a/x1.jpg"}
+
+
+def test_a_folder_too_small_for_label_issues_is_refused_before_anything_is_decoded_or_embedded(tmp_path):
+    from petal.errors import DataError
+    from petal.training.label_issues import find_issues
+
+    root = tmp_path / "photos"
+    for c, (name, colour) in enumerate(CLASS_COLOURS.items()):
+        for i in range(3):
+            pattern_image(root / name / f"img_{i}.png", colour, 10 * c + i)
+    with pytest.raises(DataError, match="needs at least 2 usable images in every class and 11 in all; image files per class"):
+        find_issues(load_split(root, val_split=0.5), cache_dir=tmp_path / "cache", backbone=tiny_backbone())
+    assert not (tmp_path / "cache").exists()

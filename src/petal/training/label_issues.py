@@ -155,6 +155,7 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
         raise ConfigError(f"folds must be at least 2 and the near-copy distance at least 0. "
                           f"Received: folds={folds}, near_duplicate_distance={near_duplicate_distance}")
     folder, sides = _whole_folder(split)
+    _check_enough(folder, folder.labels, "image files")  # before decoding and embedding them all
     timings: dict[str, float] = {}
     started = time.perf_counter()
     images, embeddings = embed(folder, cache_dir=cache_dir, image_size=image_size, max_pixels=max_pixels, workers=workers,
@@ -162,11 +163,7 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
     timings["embeddings"] = time.perf_counter() - started
     features = embeddings.gather(np.arange(len(embeddings))).astype(np.float64)
     labels = images.labels.astype(np.int64)
-    counts = np.bincount(labels, minlength=len(folder.class_names))
-    if counts.min() < 2 or len(labels) <= NEIGHBOURS:
-        raise DataError(f"{folder.root}: finding label issues needs at least 2 usable images in every class and "
-                        f"{NEIGHBOURS + 1} in all; usable images per class: "
-                        + ", ".join(f"{name} {n}" for name, n in zip(folder.class_names, counts)))
+    counts = _check_enough(folder, labels, "usable images")
     folds = int(min(folds, counts.min()))
     started = time.perf_counter()
     pred_probs = out_of_sample_probabilities(features, labels, folds=folds, seed=seed)
@@ -183,6 +180,15 @@ def find_issues(split: Split, *, cache_dir: str | os.PathLike | None = None, ima
                                    "filter_by": FILTER_BY, "near_duplicate_distance": near_duplicate_distance,
                                    "hash_radius": hash_radius, "seed": seed},
     )
+
+
+def _check_enough(folder: ImageFolder, labels: np.ndarray, what: str) -> np.ndarray:
+    """Images per class (int64); DataError when some class has fewer than 2 or all fewer than NEIGHBOURS + 1."""
+    counts = np.bincount(labels, minlength=len(folder.class_names))
+    if counts.min() < 2 or len(labels) <= NEIGHBOURS:
+        raise DataError(f"{folder.root}: finding label issues needs at least 2 usable images in every class and "
+                        f"{NEIGHBOURS + 1} in all; {what} per class: " + ", ".join(f"{name} {n}" for name, n in zip(folder.class_names, counts)))
+    return counts
 
 
 def _whole_folder(split: Split) -> tuple[ImageFolder, dict[str, str]]:
