@@ -68,7 +68,8 @@ def test_an_interrupted_train_says_how_to_continue(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=40)
     run = tmp_path / "run"
     child = subprocess.Popen([PETAL, "train", str(data), "--model", "tutorial", "--epochs", "50", "--image-size", "64", "64",
-                              "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # pytest-xdist's workers ignore it
     deadline = time.time() + 300
     while not (run / "checkpoint" / "state.json").exists():
         assert child.poll() is None and time.time() < deadline, "training ended before it could be interrupted"
