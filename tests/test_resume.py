@@ -162,3 +162,14 @@ def test_the_run_clock_records_a_killed_process_time_as_it_goes(tmp_path, monkey
         assert recorded >= 0.3
     resumed = RunClock(run)
     assert resumed.earlier >= 0.5 and resumed.seconds() >= 0.5
+
+
+def test_a_stopped_run_with_a_damaged_config_still_says_it_is_unfinished(tmp_path):
+    from petal.errors import RunFolderError
+    from petal.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.config_path.write_text("{damaged")
+    with pytest.raises(RunFolderError, match=r"not a finished run folder \(model.keras is missing\); .*petal train DATA_DIR --out"):
+        run.require("model.keras")

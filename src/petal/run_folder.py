@@ -78,7 +78,7 @@ class RunFolder:
         """The command that continues this run's training (its data folder from config.json)."""
         try:
             data_dir = read_json(self.config_path)["data_dir"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (RunFolderError, KeyError, TypeError):  # config.json damaged: the command with a placeholder
             data_dir = "DATA_DIR"
         return f"petal train {shlex.quote(str(data_dir))} --out {shlex.quote(str(self.path))} --resume"
 
@@ -100,16 +100,23 @@ class RunFolder:
                                  f"(found {len(names)}, {len(set(names))} distinct); train again")
         return names
 
-    def split(self, subset: str) -> ImageFolder:
-        """The run's 'train' or 'validation' file list, against the data folder it was trained on."""
+    def split(self, subset: str, decoded: bool = False) -> ImageFolder:
+        """The run's 'train' or 'validation' file list, against the data folder it was trained on; `decoded`: without
+        the files training could not decode (skipped.csv), which it listed but never trained or validated on."""
         path = self.path / "split" / f"{subset}.csv"
         if not path.exists():
             raise RunFolderError(f"{self.path}: {path.name} is missing from split/")
-        return read_file_list(path, self.config().data_dir, self.class_names())
+        folder = read_file_list(path, self.config().data_dir, self.class_names())
+        if not decoded:
+            return folder
+        skipped = self.skipped()
+        kept = [i for i, p in enumerate(folder.paths) if p not in skipped]
+        return ImageFolder(folder.root, folder.class_names, tuple(folder.paths[i] for i in kept), folder.labels[kept])
 
-    def splits(self) -> dict[str, ImageFolder]:
-        """Every recorded subset: train and validation, and test when the folder had one."""
-        return {subset: self.split(subset) for subset in ("train", "validation", "test") if (self.path / "split" / f"{subset}.csv").exists()}
+    def splits(self, decoded: bool = False) -> dict[str, ImageFolder]:
+        """Every recorded subset (as `split` gives it): train and validation, and test when the folder had one."""
+        return {subset: self.split(subset, decoded) for subset in ("train", "validation", "test")
+                if (self.path / "split" / f"{subset}.csv").exists()}
 
     def history(self) -> dict[str, list[float]]:
         rows = self.history_rows()

@@ -238,8 +238,9 @@ def _train(args, data_dir):
     if on_ray:
         settings["strategy"] = "multi-worker"
     out = args.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if resume and (Path(out) / "config.json").is_file():  # options left out keep the run's own
-        config = RunFolder(out).config().resumed_with(data_dir=str(resolved(data_dir)), model=args.model, **settings)
+    run = RunFolder(out)
+    if resume and run.config_path.is_file():  # options left out keep the run's own
+        config = run.config().resumed_with(data_dir=str(resolved(data_dir)), model=args.model, **settings)
     else:
         config = TrainConfig.for_model(str(resolved(data_dir)), model, **settings)
     try:
@@ -253,8 +254,8 @@ def _train(args, data_dir):
             verbose = 0 if getattr(args, "json", False) else 1 if sys.stdout.isatty() else 2
             result = loop.train(config, out, resume=resume, verbose=verbose, progress=progress_bar())
     except KeyboardInterrupt:
-        if (Path(out) / "config.json").is_file():
-            raise KeyboardInterrupt(f"continue with: {RunFolder(out).resume_command()}") from None
+        if run.config_path.is_file():
+            raise KeyboardInterrupt(f"continue with: {run.resume_command()}") from None
         raise
     if not getattr(args, "json", False):
         print(f"Diagnosis: {result.diagnosis['verdict']}")

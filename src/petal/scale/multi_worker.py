@@ -14,7 +14,6 @@ RunRecorder, so export, evaluate, predict and --resume see an ordinary run folde
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from petal import atomic
 from petal.config import TrainConfig
 from petal.errors import ConfigError, PetalError
-from petal.run_folder import RunFolder, load_keras_model
+from petal.run_folder import RunFolder, load_keras_model, read_json
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def _skipped_by_workers(run: RunFolder) -> dict[str, str]:
     """The files each worker could not decode (path -> reason), from the lists they leave in RUN/.ray-train."""
     skipped: dict[str, str] = {}
     for path in sorted(_ray_dir(run).glob("skipped-rank-*.json")):
-        skipped.update(json.loads(path.read_text()))
+        skipped.update(read_json(path))
     return skipped
 
 

@@ -215,9 +215,8 @@ def training_overlap(model_path: str | os.PathLike, folder: ImageFolder) -> int:
     run = run_of(Path(model_path))
     if run is None:
         return 0
-    train = run.split("train")
-    skipped = run.skipped()  # listed in the split, never decoded: not trained on
-    trained_on = {content_key(train.absolute(p)) for p in train.paths if p not in skipped} - {None}
+    train = run.split("train", decoded=True)  # a file training could not decode was not trained on
+    trained_on = {content_key(train.absolute(p)) for p in train.paths} - {None}
     return sum(content_key(folder.absolute(p)) in trained_on for p in folder.paths)
 
 

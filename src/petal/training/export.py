@@ -187,11 +187,9 @@ def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:
 
 def _calibration_set(run: RunFolder, cache, config: ExportConfig, progress) -> np.ndarray:
     """A seeded sample of training images, recorded in export/calibration.csv."""
-    train = run.split("train")
-    skipped = run.skipped()  # files training could not decode: not training images
-    usable = np.array([i for i, path in enumerate(train.paths) if path not in skipped], dtype=np.int64)
-    count = min(config.calibration_images, len(usable))
-    picked = np.sort(usable[np.random.RandomState(run.config().seed).choice(len(usable), count, replace=False)])
+    train = run.split("train", decoded=True)  # the training images: not the files training could not decode
+    count = min(config.calibration_images, len(train))
+    picked = np.sort(np.random.RandomState(run.config().seed).choice(len(train), count, replace=False))
     sample = ImageFolder(train.root, train.class_names, tuple(train.paths[i] for i in picked), train.labels[picked])
     images = cache.load(sample, progress=progress)
     write_file_list(run.export_dir / "calibration.csv", ImageFolder(train.root, train.class_names, tuple(images.paths), images.labels))

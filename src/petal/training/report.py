@@ -143,13 +143,12 @@ def _config_section(config: dict) -> str:
 
 def _data_section(run: RunFolder) -> str:
     labels = list(run.class_names())
-    left_out = run.skipped()
-    used = {subset: np.array([p not in left_out for p in folder.paths], bool) for subset, folder in run.splits().items()}
-    counts = {subset: np.bincount(folder.labels[used[subset]], minlength=len(labels)) for subset, folder in run.splits().items()}
+    counts = {subset: np.bincount(folder.labels, minlength=len(labels)) for subset, folder in run.splits(decoded=True).items()}
     rows = [(name, *[int(c[i]) for c in counts.values()]) for i, name in enumerate(labels)]
     rows.append(("all", *[int(c.sum()) for c in counts.values()]))
     subsets = list(counts)
     skipped = ""
+    left_out = run.skipped()
     if left_out:
         skipped = f"<p>{counted(len(left_out), 'file')} left out (could not be decoded):</p>" + _table(["file", "reason"], list(left_out.items())[:50])
     return ("<h2>Data</h2>" + _table(["class", *subsets], rows) + skipped + _copies(run)
