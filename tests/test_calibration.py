@@ -76,6 +76,12 @@ def test_by_default_sure_predictions_make_half_the_mistakes():
     accuracy = float((logits.argmax(1) == labels).mean())
     assert calibration.target_precision == pytest.approx(1 - (1 - accuracy) / 2, abs=1e-6)
     assert calibration.accuracy_when_sure >= calibration.target_precision and 0 < calibration.coverage < 1
+    assert calibration.calibrated
+
+
+def test_too_few_validation_images_leave_the_model_uncalibrated_and_say_so():
+    calibration = calibrate(np.zeros((24, 3)), np.zeros(24))
+    assert not calibration.calibrated and calibration.is_sure(0.0) and calibration.temperature == 1.0
 
 
 @pytest.mark.parametrize("values", [{"temperature": "2", "threshold": 0.5}, {"temperature": 1e-320, "threshold": 0.5},

@@ -51,6 +51,7 @@ def test_train_export_evaluate_and_predict_print_documented_json(capsys, tmp_pat
     predicted = run_json(capsys, ["predict", str(tmp_path / "run" / "export" / "model-float32.tflite"), str(photo), str(tmp_path / "missing.jpg")],
                          expected_exit=1)
     assert [p["source"] for p in predicted["predictions"]] == [str(photo)] and predicted["errors"][0]["source"].endswith("missing.jpg")
+    assert predicted["calibrated"] is False and predicted["predictions"][0]["sure"]  # 18 photos: every answer sure, which says nothing
 
 
 @pytest.mark.slow  # a Ray cluster of its own; predict-batch's output itself is tested in test_batch.py

@@ -152,8 +152,9 @@ def test_move_to_quarantine_moves_flagged_files_and_the_manifest_undoes_it(found
     assert moved == 2
     assert (tmp_path / "quarantine" / "blue" / "filed_wrong.png").is_file() and not (work / "blue" / "filed_wrong.png").exists()
     assert json.loads(manifest.read_text())["undo"].startswith("petal data --undo-move")
-    assert undo_move(manifest) == (2, [])
+    assert undo_move(manifest) == (2, 0, [])
     assert (work / "blue" / "filed_wrong.png").is_file() and (work / "red" / "checkerboard.png").is_file()
+    assert undo_move(manifest) == (0, 2, [])  # run twice: the files are counted as back, not as problems
 
 
 def test_a_quarantine_inside_the_data_folder_is_refused(found, messy):
@@ -248,6 +249,8 @@ def test_data_command_reports_label_issues_in_json_and_moves_and_undoes(tmp_path
     undo = subprocess.run([PETAL, "data", "--undo-move", report["moved"]["manifest"]], capture_output=True, text=True)
     assert undo.returncode == 0, undo.stderr
     assert all((root / p).is_file() for p in flagged)
+    again = subprocess.run([PETAL, "data", "--undo-move", report["moved"]["manifest"]], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.startswith(f"Nothing to move back: the {len(flagged)} file"), again.stdout
     # the text report draws its sample grid after the move, from the files still there
     moved = subprocess.run([PETAL, "data", str(root), "--label-issues", "--move-to", str(tmp_path / "q2"), "--grid", str(tmp_path / "g.jpg"),
                             "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
@@ -297,7 +300,7 @@ def test_an_undo_whose_class_folder_became_a_file_puts_the_others_back_and_names
     manifest, moved = move_flagged(findings, photos, tmp_path / "q")
     shutil.rmtree(photos / "red")
     (photos / "red").write_text("now a file")
-    restored, problems = undo_move(manifest)
+    restored, _, problems = undo_move(manifest)
     assert restored == 1 and (photos / "blue" / "img_000.png").is_file()
     assert len(problems) == 1 and problems[0].startswith(f"red/img_000.png: its class folder {photos / 'red'} is a file now")
 
@@ -314,9 +317,7 @@ def test_an_undo_takes_files_only_from_the_manifests_own_folder_wherever_it_was_
     Path(manifest).write_text(json.dumps({**record, "quarantine": str(other)}))  # edited by hand
     (tmp_path / "q").rename(tmp_path / "renamed")
 
-    restored, problems = undo_move(tmp_path / "renamed" / Path(manifest).name)
-
-    assert (restored, problems) == (1, []) and (photos / "red" / "img_000.png").is_file()
+    assert undo_move(tmp_path / "renamed" / Path(manifest).name) == (1, 0, []) and (photos / "red" / "img_000.png").is_file()
     assert (other / "red" / "img_000.png").is_file()  # left where it was
     gone = tmp_path / "gone.json"
     gone.write_text(json.dumps({**record, "root": str(tmp_path / "no-such-folder")}))

@@ -458,6 +458,22 @@ def test_kind9_top_k_and_limits_below_one_are_config_errors(tmp_path):
         split_folder(index_folder(make_folder(tmp_path / "photos", per_class=3)), 0.2, -5)
 
 
+def test_kind9_a_batch_too_large_for_memory_is_refused_for_training_and_bounded_for_prediction(monkeypatch):
+    from petal.config import TrainConfig
+    from petal.data import decode
+    from petal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"batch size must be at most 5,523 at image size 180x180 .*batch_size=99,999,999$"):
+        TrainConfig.for_model("photos", "tutorial", batch_size=99_999_999)
+    monkeypatch.setattr(decode, "MAX_BATCH_BYTES", 2 * 8 * 8 * 3 * 4)  # two 8x8 images per batch
+    calls = []
+    predictor = fake_predictor()
+    logits = predictor._logits
+    predictor._logits = lambda batch: calls.append(len(batch)) or logits(batch)
+    assert len(list(predictor.predict([Image.new("RGB", (8, 8))] * 5, batch_size=32))) == 5
+    assert calls == [2, 2, 1]
+
+
 # === 8. Names: line breaks, non-UTF-8 bytes and consoles that cannot encode them ===
 
 

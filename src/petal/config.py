@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from petal.data.decode import DEFAULT_MAX_PIXELS, RESIZE_METHOD, check_pixel_limit
+from petal.data.decode import DEFAULT_MAX_PIXELS, MAX_BATCH_BYTES, RESIZE_METHOD, check_pixel_limit, largest_batch
 from petal.data.split import check_seed
 from petal.errors import ConfigError
 from petal.runtime.metadata import MAX_IMAGE_SIDE
@@ -164,6 +164,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
+        if self.batch_size > largest_batch(self.image_size):
+            raise ConfigError(f"batch size must be at most {largest_batch(self.image_size):,} at image size {self.image_size[0]}x{self.image_size[1]} "
+                              f"(a batch's float32 pixels within {MAX_BATCH_BYTES >> 30} GiB). Received: batch_size={self.batch_size:,}")
         check_pixel_limit(self.max_pixels)
         for f in dataclasses.fields(self):
             valid = f.metadata.get("choices")

@@ -169,7 +169,8 @@ def cmd_predict(args) -> int:
             print(printable(result.sentence()))
             print(printable("  " + result.top_line()))
     if args.json:
-        print_json("predict", {"model": str(args.model), "threshold": predictor.calibration.threshold, "predictions": predictions, "errors": errors})
+        print_json("predict", {"model": str(args.model), "calibrated": predictor.calibration.calibrated,
+                                "threshold": predictor.calibration.threshold, "predictions": predictions, "errors": errors})
     if failed == len(args.images):
         return EXIT_ERROR
     return EXIT_PARTIAL if failed else 0

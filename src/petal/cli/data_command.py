@@ -169,8 +169,12 @@ def _print_label_issues(extra: dict) -> None:
 
 
 def _undo_move(manifest: Path) -> int:
-    restored, problems = undo_move(manifest)
-    print(f"Moved {counted(restored, 'file')} back")
+    restored, already_back, problems = undo_move(manifest)
+    if restored or not already_back:
+        print(f"Moved {counted(restored, 'file')} back" + (f"; {already_back} already were" if already_back else ""))
+    else:
+        print(f"Nothing to move back: the {counted(already_back, 'file')} {manifest} lists {'is' if already_back == 1 else 'are'} "
+              f"back in place already")
     for problem in problems:
         print(printable(f"petal: error: {problem}"), file=sys.stderr)
     return EXIT_PARTIAL if problems else 0

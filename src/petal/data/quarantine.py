@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from petal import atomic
 from petal.data.doctor import KINDS, Finding
@@ -87,10 +87,18 @@ def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantin
     return manifest, len(entries)
 
 
-def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
-    """Move the files `move_flagged` recorded in `manifest` back where they were; returns (files restored,
-    problems). A file whose old place is taken again is left in the quarantine and named in the problems;
-    one already back (or never moved) is skipped.
+class UndoResult(NamedTuple):
+    """What `undo_move` did: files moved back, files found back in place already (an undo run twice), and one
+    line per file left where it was."""
+
+    restored: int
+    already_back: int
+    problems: list[str]
+
+
+def undo_move(manifest: str | os.PathLike) -> UndoResult:
+    """Move the files `move_flagged` recorded in `manifest` back where they were. A file whose old place is
+    taken again is left in the quarantine and named in the problems; one already back is counted and skipped.
 
     The files are taken from the manifest's own folder, wherever the quarantine has been moved.
 
@@ -111,11 +119,13 @@ def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
         raise ConfigError(f"{manifest}: not a manifest written by petal data --move-to ({type(exc).__name__}: {exc})") from None
     if not root.is_dir():
         raise ConfigError(f"{manifest}: its data folder {root} is no longer there; nothing was moved back")
-    restored, problems = 0, []
+    restored, already_back, problems = 0, 0, []
     for path in paths:
         source, target = quarantine / path, root / path
         if not source.exists():
-            if not target.exists():
+            if target.exists():
+                already_back += 1
+            else:
                 problems.append(f"{path}: in neither {quarantine} nor {root}")
             continue
         if target.exists():
@@ -131,7 +141,7 @@ def undo_move(manifest: str | os.PathLike) -> tuple[int, list[str]]:
             problems.append(f"{path}: cannot move it back to {target} ({exc.strerror or exc}); left in {quarantine}")
             continue
         restored += 1
-    return restored, problems
+    return UndoResult(restored, already_back, problems)
 
 
 def read_exclusion_list(source: str | os.PathLike, root: str | os.PathLike) -> tuple[str, ...]:

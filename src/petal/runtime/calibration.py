@@ -50,6 +50,12 @@ class Calibration:
         exp = np.exp(scaled)
         return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
+    @property
+    def calibrated(self) -> bool:
+        """False when the fit was skipped (fewer than MIN_IMAGES validation images) or the model predates it:
+        then the temperature is 1 and every answer is sure, which says nothing."""
+        return self.target_precision is not None
+
     def is_sure(self, confidence: float) -> bool:
         return confidence >= self.threshold
 

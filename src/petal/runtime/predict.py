@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from petal.data.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image, open_regular
+from petal.data.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image, largest_batch, open_regular
 from petal.errors import ConfigError, ImageError, ModelFileError, RunFolderError
 from petal.runtime.calibration import Calibration
 from petal.runtime.metadata import check_metadata, read_metadata
@@ -130,9 +130,15 @@ class Predictor:
         return np.asarray(self._logits(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
 
     def predict(self, images: Iterable[ImageSource], top_k: int = 3, batch_size: int = 32) -> Iterator[Prediction | PredictionError]:
-        """One result per image, in order; an image that cannot be decoded yields a `PredictionError`."""
+        """One result per image, in order; an image that cannot be decoded yields a `PredictionError`.
+        `batch_size` images per model call, at most `largest_batch(image_size)` (2 GiB of pixels) whatever is asked.
+
+        Raises:
+            ConfigError: top_k or batch_size below 1.
+        """
         if top_k < 1 or batch_size < 1:
             raise ConfigError(f"top_k and batch_size must be at least 1. Received: top_k={top_k}, batch_size={batch_size}")
+        batch_size = min(batch_size, largest_batch(self.image_size))
         pending: list[tuple[str, np.ndarray]] = []
         for source in images:
             name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<image>"

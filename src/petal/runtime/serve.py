@@ -119,6 +119,7 @@ def create_app(
             "top": [{"label": name, "probability": p} for name, p in result.top],
             "tied": list(result.tied),
             "sure": result.sure,
+            "calibrated": predictor.calibration.calibrated,
             "threshold": predictor.calibration.threshold,
             "model": predictor.description,
         })
@@ -182,10 +183,12 @@ def openapi_schema(class_names, max_upload_bytes: int) -> dict:
             },
         }}},
         "components": {"schemas": {
-            "Prediction": {"type": "object", "required": ["label", "confidence", "top", "tied", "sure", "threshold", "model"], "properties": {
+            "Prediction": {"type": "object", "required": ["label", "confidence", "top", "tied", "sure", "calibrated", "threshold", "model"], "properties": {
                 "label": {"type": "string", "enum": list(class_names)},
                 "confidence": {"type": "number", "description": "calibrated probability of label, 0..1"},
                 "sure": {"type": "boolean", "description": "confidence reaches the model's calibrated threshold; false: show it as not sure"},
+                "calibrated": {"type": "boolean", "description": "false: the model was not calibrated (too few validation images), "
+                                                                 "its confidences are raw and every answer is sure"},
                 "threshold": {"type": "number", "description": "the calibrated confidence below which the model is not sure"},
                 "top": {"type": "array", "description": "most likely first; ties in label order", "items": {
                     "type": "object", "properties": {"label": {"type": "string"}, "probability": {"type": "number"}}}},
