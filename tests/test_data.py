@@ -1,8 +1,9 @@
 import os
+import subprocess
 
 import numpy as np
 import pytest
-from conftest import make_folder, make_image
+from conftest import PETAL, make_folder, make_image
 
 from petal.data.index import index_folder, read_file_list, write_file_list
 from petal.data.split import split_folder
@@ -82,8 +83,19 @@ def test_missing_folder_is_an_error_naming_it(tmp_path):
 
 def test_loose_images_without_class_folders_explain_the_layout(tmp_path):
     make_image(tmp_path / "a.jpg", (0, 0, 0))
-    with pytest.raises(DataError, match=r"found 1 image files directly in it.*one sub-folder per class"):
+    with pytest.raises(DataError, match=r"found 1 image file directly in it.*one sub-folder per class"):
         index_folder(tmp_path)
+
+
+def test_data_and_train_name_a_folder_they_cannot_use_the_same_way(tmp_path, monkeypatch):
+    make_image(tmp_path / "flat" / "a.jpg", (0, 0, 0))
+    monkeypatch.chdir(tmp_path)
+    said = []
+    for command in (["data", "flat"], ["train", "flat", "--model", "tutorial", "--out", "run"]):
+        result = subprocess.run([PETAL, *command], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        said.append(result.stderr.splitlines()[-1])
+    assert said[0] == said[1] and said[0].startswith(f"petal: error: {tmp_path / 'flat'}: no images found")
 
 
 def test_single_class_is_an_error(tmp_path):

@@ -23,7 +23,8 @@ def cmd_data(args) -> int:
         raise PetalError("petal data needs DIR (or --undo-move MANIFEST)")
     if args.move_to and not args.label_issues:
         raise PetalError("--move-to moves what --label-issues flags: pass --label-issues too")
-    split = load_split(args.data_dir, args.val_split, args.seed, args.split_method, layout=args.layout,
+    # named as petal train names it (absolute, links resolved), in errors and in the report
+    split = load_split(resolved(args.data_dir), args.val_split, args.seed, args.split_method, layout=args.layout,
                             follow_links=args.follow_links)
     check_outputs(args, split.train.root)  # refused now, not after the embeddings
     started = time.perf_counter()

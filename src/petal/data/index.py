@@ -14,7 +14,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data.decode import IMAGE_EXTENSIONS
-from petal.errors import DataError
+from petal.errors import DataError, counted
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EX
                     "--follow-links reads them", root, len(unfollowed), ", ".join(unfollowed))
     if not paths:
         loose = sum(1 for p in root.iterdir() if p.suffix.lower() in extensions)
-        hint = f"; found {loose} image files directly in it" if loose else ""
+        hint = f"; found {counted(loose, 'image file')} directly in it" if loose else ""
         raise DataError(f"{root}: no images found in class sub-folders{hint} ({EXPECTED_LAYOUT})")
     if empty:
         raise DataError(f"{root}: class folder(s) with no images: {', '.join(empty)} ({EXPECTED_LAYOUT})")
