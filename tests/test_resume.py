@@ -147,6 +147,25 @@ def test_the_run_end_estimate_leaves_out_each_fits_first_epoch_which_traces_the_
     assert lines[2].endswith("the run ends in about 30 s")
 
 
+def test_beside_keras_epoch_lines_only_the_estimate_is_logged_once_per_epoch_before_the_next(tmp_path, monkeypatch, caplog):
+    from petal.run_folder import RunFolder
+    from petal.training import checkpoints
+    from petal.training.checkpoints import RunRecorder
+
+    recorder = RunRecorder(RunFolder(tmp_path / "run"), total_epochs=10, keras_prints_epochs=True)
+    monkeypatch.setattr(recorder, "record_epochs", lambda *args, **kwargs: None)
+    clock = iter([0.0, 40.0, 40.0, 50.0, 50.0, 60.0])
+    monkeypatch.setattr(checkpoints.time, "perf_counter", lambda: next(clock))
+    caplog.set_level("INFO", logger="petal.training.checkpoints")
+
+    recorder.on_train_begin()
+    for epoch in range(4, 7):
+        recorder.on_epoch_begin(epoch)
+        recorder.on_epoch_end(epoch, {"val_accuracy": 0.5})
+
+    assert [r.getMessage() for r in caplog.records] == ["the run ends in about 40 s"]  # before epoch 7 of 10, from 10 s epochs
+
+
 def test_the_run_clock_records_a_killed_process_time_as_it_goes(tmp_path, monkeypatch):
     from petal.run_folder import RunFolder
     from petal.training import checkpoints

@@ -60,6 +60,9 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert json.loads((run / "diagnosis.json").read_text())["verdict"]
     assert "Total params" in trained_run["train"].stdout  # the model summary
     assert "Diagnosis:" in trained_run["train"].stdout
+    # a log (not a terminal): Keras's line per epoch, no progress bars, no second line of the same metrics
+    assert "decoding:" not in trained_run["train"].stderr and "epoch 1 of 2" not in trained_run["train"].stderr
+    assert trained_run["train"].stdout.count("val_accuracy:") == 2
 
 
 @pytest.mark.quick

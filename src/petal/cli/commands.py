@@ -80,7 +80,8 @@ def export_and_report(run_dir, config: ExportConfig, as_json: bool = False, gate
         from petal.training import export
     report = export.export_litert(run_dir, config, progress=progress_bar())
     failed_gate = bool(report.failed and config.gate)
-    failed = f"{', '.join(v.variant for v in report.failed)} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable"
+    if failed_gate:
+        failed = f"{', '.join(v.variant for v in report.failed)} failed the parity gate and {'was' if len(report.failed) == 1 else 'were'} not written as deployable"
     if as_json:
         print_json("export", {**dataclasses.asdict(report), "report": str(Path(report.run) / "export" / "report.json")})
         if failed_gate:

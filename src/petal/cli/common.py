@@ -49,10 +49,10 @@ def print_json(command: str, payload: dict) -> None:
 
 def progress_bar(desc: str = "decoding", unit: str = "img"):
     """The one progress helper: a tqdm bar factory `(iterable, total, desc=None, unit=None) -> iterable` (with
-    rate and ETA, on stderr) for the API's `progress` arguments; `desc`/`unit` given by the API for its step
+    rate and ETA, on stderr when it is a terminal: none in a log) for the API's `progress` arguments; `desc`/`unit` given by the API for its step
     override the defaults. None without tqdm."""
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return lambda iterable, total, desc=desc, unit=unit: tqdm(iterable, total=total, unit=unit, desc=desc, leave=False)
+    return lambda iterable, total, desc=desc, unit=unit: tqdm(iterable, total=total, unit=unit, desc=desc, leave=False, disable=None)

@@ -65,11 +65,14 @@ class RunRecorder(keras.callbacks.Callback):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
 
-    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None):
+    def __init__(self, run: RunFolder, patience: int = 0, total_epochs: int | None = None, keras_prints_epochs: bool = False):
         super().__init__()
         self.run = run
         self.patience = patience
         self.total_epochs = total_epochs  # for the whole run's ETA after each epoch
+        # Keras's own epoch lines (fit's verbose 1 or 2) hold the metrics: then only the ETA is logged, before the next
+        # epoch's line (callbacks run before Keras's logger, so at an epoch's end it would come before that epoch's line)
+        self.keras_prints_epochs = keras_prints_epochs
         self.started = time.perf_counter()
         self.fit_epoch_seconds: list[float] = []
 
@@ -83,18 +86,25 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
+        if self.keras_prints_epochs and (left := self._time_left(epoch)):
+            log.info("the run ends in about %s", left)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
         self.record_epochs(self.model, [logs or {}], seconds, first_epoch=epoch)
         self.fit_epoch_seconds.append(seconds)
-        if self.total_epochs and epoch + 1 < self.total_epochs:
-            ends = ""
-            if len(self.fit_epoch_seconds) > 1:  # the first epoch's tracing would double the estimate
-                left = (self.total_epochs - epoch - 1) * sum(self.fit_epoch_seconds[1:]) / (len(self.fit_epoch_seconds) - 1)
-                ends = f"; the run ends in about {f'{left / 60:.0f} min' if left >= 90 else f'{left:.0f} s'}"
+        if not self.keras_prints_epochs and self.total_epochs and epoch + 1 < self.total_epochs:
+            left = self._time_left(epoch + 1)
             log.info("epoch %d of %d: val accuracy %.4f, %.0f s%s", epoch + 1, self.total_epochs,
-                     (logs or {}).get("val_accuracy", float("nan")), seconds, ends)
+                     (logs or {}).get("val_accuracy", float("nan")), seconds, f"; the run ends in about {left}" if left else "")
+
+    def _time_left(self, next_epoch: int) -> str | None:
+        """The time epochs next_epoch.. (0-based) should take, from this fit's epochs after its first (whose
+        tracing would double the estimate); None before there are two, or with none left."""
+        if not self.total_epochs or next_epoch >= self.total_epochs or len(self.fit_epoch_seconds) < 2:
+            return None
+        left = (self.total_epochs - next_epoch) * sum(self.fit_epoch_seconds[1:]) / (len(self.fit_epoch_seconds) - 1)
+        return f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
 
     def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: float, first_epoch: int = 0) -> None:
         """Append epochs first_epoch+1.. to the history (`seconds` each) and checkpoint `model` as the last

@@ -159,7 +159,7 @@ def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch
         if not start_epoch:
             _write_previews(run, data.train, class_names, augment)
             run.write_record("copies", exact_copies(data))
-        recorder = RunRecorder(run, config.early_stopping, config.total_epochs)
+        recorder = RunRecorder(run, config.early_stopping, config.total_epochs, keras_prints_epochs=verbose > 0)
         callbacks = [keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False, profile_batch=0), *callbacks]
         if start_epoch:
             model = load_keras_model(run.checkpoint_dir / run.state()["model"], compile=True)
