@@ -125,12 +125,19 @@ def test_deterministic_runs_with_the_same_seed_have_the_same_history(tmp_path):
             assert abs(first[key] - second[key]) <= 1e-6, key
 
 
-def test_the_run_end_estimate_leaves_out_each_fits_first_epoch_which_traces_the_graph(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("keras_prints_epochs, logged", [
+    (False, ["epoch 5 of 10: val accuracy 0.5000, 40 s",  # no estimate from a tracing epoch
+             "epoch 6 of 10: val accuracy 0.5000, 10 s; the run ends in about 40 s",  # 4 epochs left at 10 s
+             "epoch 7 of 10: val accuracy 0.5000, 10 s; the run ends in about 30 s"]),
+    (True, ["the run ends in about 40 s"]),  # beside Keras's own epoch lines: the estimate alone, before epoch 7
+])
+def test_the_run_end_estimate_leaves_out_each_fits_first_epoch_which_traces_the_graph(tmp_path, monkeypatch, caplog,
+                                                                                       keras_prints_epochs, logged):
     from petal.run_folder import RunFolder
     from petal.training import checkpoints
     from petal.training.checkpoints import RunRecorder
 
-    recorder = RunRecorder(RunFolder(tmp_path / "run"), total_epochs=10)
+    recorder = RunRecorder(RunFolder(tmp_path / "run"), total_epochs=10, keras_prints_epochs=keras_prints_epochs)
     monkeypatch.setattr(recorder, "record_epochs", lambda *args, **kwargs: None)
     clock = iter([0.0, 40.0, 40.0, 50.0, 50.0, 60.0])  # epochs of 40 s (tracing), 10 s and 10 s
     monkeypatch.setattr(checkpoints.time, "perf_counter", lambda: next(clock))
@@ -141,29 +148,7 @@ def test_the_run_end_estimate_leaves_out_each_fits_first_epoch_which_traces_the_
         recorder.on_epoch_begin(epoch)
         recorder.on_epoch_end(epoch, {"val_accuracy": 0.5})
 
-    lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "epoch 5 of 10: val accuracy 0.5000, 40 s"  # no estimate from a tracing epoch
-    assert lines[1].endswith("the run ends in about 40 s")  # 4 epochs left at 10 s
-    assert lines[2].endswith("the run ends in about 30 s")
-
-
-def test_beside_keras_epoch_lines_only_the_estimate_is_logged_once_per_epoch_before_the_next(tmp_path, monkeypatch, caplog):
-    from petal.run_folder import RunFolder
-    from petal.training import checkpoints
-    from petal.training.checkpoints import RunRecorder
-
-    recorder = RunRecorder(RunFolder(tmp_path / "run"), total_epochs=10, keras_prints_epochs=True)
-    monkeypatch.setattr(recorder, "record_epochs", lambda *args, **kwargs: None)
-    clock = iter([0.0, 40.0, 40.0, 50.0, 50.0, 60.0])
-    monkeypatch.setattr(checkpoints.time, "perf_counter", lambda: next(clock))
-    caplog.set_level("INFO", logger="petal.training.checkpoints")
-
-    recorder.on_train_begin()
-    for epoch in range(4, 7):
-        recorder.on_epoch_begin(epoch)
-        recorder.on_epoch_end(epoch, {"val_accuracy": 0.5})
-
-    assert [r.getMessage() for r in caplog.records] == ["the run ends in about 40 s"]  # before epoch 7 of 10, from 10 s epochs
+    assert [r.getMessage() for r in caplog.records] == logged
 
 
 def test_the_run_clock_records_a_killed_process_time_as_it_goes(tmp_path, monkeypatch):
