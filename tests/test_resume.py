@@ -27,6 +27,7 @@ def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all_and_cou
     child.send_signal(signal.SIGKILL)
     child.wait()
     killed = json.loads(state.read_text())
+    killed_decode = json.loads((run / "checkpoint" / "timings.json").read_text())["decode"]  # a finished stage is recorded
     clock = run / "checkpoint" / "clock.json"  # written every few seconds: absent if the kill came sooner
     killed_seconds = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
     assert killed["epochs_done"] < 3
@@ -43,6 +44,7 @@ def test_sigkill_during_epoch_two_then_resume_trains_three_epochs_in_all_and_cou
     resumed_epochs = sum(float(row["seconds"]) for row in history[killed["epochs_done"]:])
     seconds = json.loads((run / "environment.json").read_text())["seconds"]
     assert seconds >= killed_seconds + resumed_epochs  # the run's time, not the last process's
+    assert json.loads((run / "timings.json").read_text())["decode"] > killed_decode  # both processes' decoding
     assert json.loads(state.read_text())["epochs_done"] == 3
     import keras
 

@@ -254,6 +254,10 @@ def test_fine_tuning_fits_a_folded_bottom_and_checkpoints_the_classifier_with_it
     assert resumed.get_layer(BACKBONE_LAYER).get_layer("conv_pw_13").trainable
     steps_per_epoch = -(-len(result.run.split("train")) // config.batch_size)
     assert int(resumed.optimizer.iterations) == 2 * steps_per_epoch  # the optimizer's state crossed the kill
+    # the stages the first process finished keep their times; each head epoch has its own (the first traces the graph)
+    assert {"decode", "embeddings", "head", "fine_tune"} <= set(result.run.record("timings"))
+    head_seconds = [float(row["seconds"]) for row in result.run.history_rows()[:2]]
+    assert head_seconds[0] > head_seconds[1]
 
 
 def test_the_fine_tuning_model_shares_the_trainable_weights_and_predicts_the_same(weights_file):

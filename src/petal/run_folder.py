@@ -5,7 +5,7 @@
     split/train.csv      the files trained on, and split/validation.csv those validated on
     skipped.csv          files left out because they could not be decoded, with the reason
     history.csv          one row per finished epoch
-    timings.json         wall seconds of each stage: decode, embeddings, head, fine_tune, train
+    timings.json         wall seconds of each stage (decode, embeddings, head, fine_tune, train), over every process of the run
     parallel.json        strategy, replicas, global batch and peak learning rate
     .ray-train/          multi-worker training only, while it runs: Ray Train's records, the workers' scratch
     curves.png           training/validation accuracy and loss
@@ -16,7 +16,8 @@
     copies.json          files with the same contents in both sides of the split, or under two classes
     samples.jpg          a 3x3 grid of training images; augmentation.jpg the augmentation preview
     model.keras          the trained classifier (written when training ends)
-    checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping
+    checkpoint/          epoch-N.keras + state.json after every epoch, for --resume; best.keras with early stopping;
+                         clock.json and timings.json, the run's time so far
     export/              model-VARIANT.tflite, report.json/.md, calibration.csv, written by `petal export`
     evaluation/NAME/     metrics.json, mistakes.csv and PNGs, written by `petal evaluate`
     report.html          all of the above on one self-contained page (petal.training.report)

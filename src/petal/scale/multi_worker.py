@@ -36,7 +36,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
 
     from petal.scale.cluster import check_workers, ray_cluster
     from petal.training import loop as single
-    from petal.training.checkpoints import RunClock, RunRecorder
+    from petal.training.checkpoints import RunClock, RunRecorder, StageTimings
 
     if config.strategy != "multi-worker":
         raise ConfigError(f"train_on_ray needs strategy 'multi-worker'. Received: strategy={config.strategy!r}")
@@ -58,11 +58,11 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
             if not start_epoch:
                 run.write_start(config, split)
             single.write_parallelism(run, config, "multi-worker", config.workers)
-            timings: dict[str, float] = {}
+            timings = StageTimings(run)
             if start_epoch >= config.total_epochs:
                 log.info("%s: all %d epochs are done", run.path, config.total_epochs)
             else:
-                with single.timed(timings, "train"):  # the workers' start, decode and epochs
+                with timings.timed("train"):  # the workers' start, decode and epochs
                     _fit_on_workers(ray, run, config, start_epoch)
         skipped = _skipped_by_workers(run)
         single.report_skipped(run, skipped)
@@ -194,7 +194,7 @@ def _worker_loop(settings: dict) -> None:
             logs = {"loss": loss_sum / steps, "accuracy": correct / seen}
             if chief:  # validation reads variables without collectives: the chief alone validates and records
                 logs.update(single.validate(model, validation, config.batch_size, num_classes))
-                recorder.record_epochs(model, [logs], time.perf_counter() - started, first_epoch=epoch)
+                recorder.record_epochs(model, [logs], [time.perf_counter() - started], first_epoch=epoch)
             else:  # the same save, in step, into the scratch folder: no history there, so nothing to validate
                 RunFolder(scratch.name).save_checkpoint(model, "epoch.keras")
             ray.train.report({"epoch": epoch + 1, **logs})

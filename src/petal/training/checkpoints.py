@@ -1,9 +1,10 @@
 """After every epoch: a checkpoint (model and optimizer state), the history row, then state.json, which
 commits them, so a killed run resumes from its last finished epoch; early stopping; the whole run's ETA; and
-its wall time across the processes that trained it (RunClock)."""
+its wall time (RunClock) and each stage's (StageTimings) across the processes that trained it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -61,6 +62,52 @@ class RunClock:
             pass
 
 
+class StageTimings:
+    """Wall seconds of each stage of a run (decode, embeddings, head, fine_tune, train), summed over the processes
+    that trained it and kept in checkpoint/timings.json as each stage ends, an interrupted one included (SIGKILL
+    loses the stage it cut short); `finish` writes them to timings.json."""
+
+    def __init__(self, run: RunFolder):
+        self.run = run
+        self.path = run.checkpoint_dir / "timings.json"
+        try:  # nothing there: a fresh run, or one from before; a damaged record only costs the earlier stages' times
+            earlier = read_json(self.path) if self.path.exists() else {}
+            self.seconds = {str(stage): float(value) for stage, value in earlier.items()}
+        except (RunFolderError, AttributeError, TypeError, ValueError):
+            self.seconds = {}
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """Add the wall time of the block to the stage's seconds, and record them."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+            if self.run.config_path.exists():  # before write_start: not a run folder yet
+                try:
+                    atomic.write_json(self.path, self.rounded())
+                except OSError:  # a full disk: the training itself says so, in one line
+                    pass
+
+    def rounded(self) -> dict[str, float]:
+        return {stage: round(value, 3) for stage, value in self.seconds.items()}
+
+
+class EpochSeconds(keras.callbacks.Callback):
+    """Each epoch's wall seconds, for a fit whose epochs are recorded when it ends (the head's, on embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.started)
+
+
 class RunRecorder(keras.callbacks.Callback):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
@@ -91,7 +138,7 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
-        self.record_epochs(self.model, [logs or {}], seconds, first_epoch=epoch)
+        self.record_epochs(self.model, [logs or {}], [seconds], first_epoch=epoch)
         self.fit_epoch_seconds.append(seconds)
         if not self.keras_prints_epochs and self.total_epochs and epoch + 1 < self.total_epochs:
             left = self._time_left(epoch + 1)
@@ -106,9 +153,9 @@ class RunRecorder(keras.callbacks.Callback):
         left = (self.total_epochs - next_epoch) * sum(self.fit_epoch_seconds[1:]) / (len(self.fit_epoch_seconds) - 1)
         return f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
 
-    def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: float, first_epoch: int = 0) -> None:
-        """Append epochs first_epoch+1.. to the history (`seconds` each) and checkpoint `model` as the last
-        of them; only that last epoch can become the best one, as only its weights are kept."""
+    def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: list[float], first_epoch: int = 0) -> None:
+        """Append epochs first_epoch+1.. to the history (their logs and wall `seconds`) and checkpoint `model` as
+        the last of them; only that last epoch can become the best one, as only its weights are kept."""
         last = first_epoch + len(epochs)
         name = f"epoch-{last:04d}.keras"
         self.run.save_checkpoint(model, name)
@@ -119,8 +166,8 @@ class RunRecorder(keras.callbacks.Callback):
             if self.patience:
                 self.run.save_checkpoint(model, "best.keras")
         rows = self.run.history_rows()[:first_epoch]
-        for number, logs in enumerate(epochs, start=first_epoch + 1):
-            rows.append({"epoch": number, **{k: float(v) for k, v in sorted(logs.items())}, "seconds": round(seconds, 3)})
+        for number, logs, took in zip(range(first_epoch + 1, last + 1), epochs, seconds, strict=True):
+            rows.append({"epoch": number, **{k: float(v) for k, v in sorted(logs.items())}, "seconds": round(took, 3)})
         self.run.write_history(rows)
         self.run.write_state({"epochs_done": last, "model": name, "best_epoch": best_epoch, "best_val_accuracy": best_value})
         self.run.remove_old_checkpoints(keep=name)

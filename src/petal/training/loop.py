@@ -9,7 +9,6 @@ training computed in, so export and prediction never see a 16-bit graph.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -30,7 +29,7 @@ from petal.registry import ModelSpec, create_model, get_model_entry
 from petal.run_folder import RunFolder, load_keras_model
 from petal.runtime.calibration import calibrate
 from petal.training.augment import build_augmentation
-from petal.training.checkpoints import RunClock, RunRecorder
+from petal.training.checkpoints import EpochSeconds, RunClock, RunRecorder, StageTimings
 from petal.training.diagnosis import diagnose
 from petal.training.embeddings import EmbeddingCache
 from petal.training.models.backbones import fine_tuning_model, top_blocks, unfreeze_top_blocks
@@ -129,7 +128,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
 
 def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch: int, clock: RunClock, verbose: int, progress,
            callbacks) -> TrainResult:
-    timings: dict[str, float] = {}
+    timings = StageTimings(run)
     class_names = split.train.class_names
     num_classes = len(class_names)
     keras.utils.set_random_seed(config.training_seed + start_epoch)
@@ -145,7 +144,7 @@ def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch
         if not start_epoch:
             run.write_start(config, split)
         write_parallelism(run, config, config.strategy, replicas)
-        with timed(timings, "decode"):
+        with timings.timed("decode"):
             data = prepare_data(config, split, progress=progress)
         report_skipped(run, data.skipped)
         if not len(data.train) or not len(data.validation):
@@ -179,13 +178,13 @@ def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch
                 fitted = fine_tuning_model(model)  # the same weights, the frozen bottom folded: faster epochs
                 if fitted is not model:
                     compile_like(fitted, model)
-                with timed(timings, "fine_tune"):
+                with timings.timed("fine_tune"):
                     _fit(fitted, config, data, recorder, max(start_epoch, config.epochs), augment, replicas, verbose, callbacks,
                          classifier=model)
         else:
             if verbose:
                 model.summary()
-            with timed(timings, "train"):
+            with timings.timed("train"):
                 _fit(model, config, data, recorder, start_epoch, augment, replicas, verbose, callbacks)
         if config.early_stopping:
             model = recorder.best_model()
@@ -242,7 +241,7 @@ def write_parallelism(run: RunFolder, config: TrainConfig, strategy: str, replic
     })
 
 
-def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: dict,
+def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes: int, timings: StageTimings,
            skipped: dict[str, str], clock: RunClock, validation: CachedRows | None = None) -> TrainResult:
     """What every way of training ends with: model.keras (float32, uncompiled), its calibration on the
     validation split (petal.runtime.calibration), timings, curves, diagnosis, report. `clock`: the run's wall
@@ -260,7 +259,7 @@ def finish(run: RunFolder, config: TrainConfig, model: keras.Model, num_classes:
     run.write_record("validation", {"images": len(validation), "accuracy": float(np.mean(predicted == validation.labels)),
                                     "confusion": confusion_matrix(validation.labels, predicted, num_classes).tolist()})
     run.write_record("environment", {**environment(), "seconds": round(clock.seconds(), 1)})
-    run.write_record("timings", {k: round(v, 3) for k, v in timings.items()})
+    run.write_record("timings", timings.rounded())
     history = run.history()
     save_curves(history, run / "curves.png", title=f"{config.model} on {Path(config.data_dir).name}")
     diagnosis = diagnose(history)
@@ -362,40 +361,31 @@ class _Validation(keras.callbacks.Callback):
 
 
 def _train_head(run: RunFolder, config: TrainConfig, spec: ModelSpec, data: PreparedData, recorder: "RunRecorder",
-                timings: dict, replicas: int, verbose: int, progress=None, callbacks=()) -> None:
+                timings: StageTimings, replicas: int, verbose: int, progress=None, callbacks=()) -> None:
     """Stage 1 of a pretrained backbone: the head learns from cached embeddings (the backbone is frozen),
     for config.epochs epochs. Seconds of work, so it is checkpointed once, at its end."""
     num_classes = len(data.split.train.class_names)
     cache = EmbeddingCache(config.cache_dir or default_cache_root(), config.model, spec.features, decode_cache(config).settings)
-    with timed(timings, "embeddings"):
+    with timings.timed("embeddings"):
         embedding = None if progress is None else lambda batches, total: progress(batches, total=total, desc="embedding", unit="batch")
         train_embeddings = cache.load(data.train, progress=embedding)
         val_embeddings = cache.load(data.validation, progress=embedding)
-    with timed(timings, "head"):
+    with timings.timed("head"):
         compile_for_training(spec.head, config, len(data.train), replicas)
-        started = time.perf_counter()
+        epoch_seconds = EpochSeconds()
         fitted = spec.head.fit(
             make_dataset(train_embeddings, config.batch_size * replicas, num_classes, shuffle_seed=config.training_seed),
             validation_data=make_dataset(val_embeddings, config.batch_size * replicas, num_classes),
             epochs=config.epochs,
             class_weight=_class_weight(config, data),
-            callbacks=list(callbacks),
+            callbacks=[epoch_seconds, *callbacks],
             shuffle=False,
             verbose=verbose,
         )
-    seconds = (time.perf_counter() - started) / config.epochs
     epochs = [{key: values[i] for key, values in fitted.history.items()} for i in range(config.epochs)]
-    recorder.record_epochs(spec.classifier, epochs, seconds)
+    recorder.record_epochs(spec.classifier, epochs, epoch_seconds.seconds)
 
 
-@contextlib.contextmanager
-def timed(timings: dict, stage: str):
-    """Add the wall time of the block to timings[stage] (written to timings.json)."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
 def _inference_copy(model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
