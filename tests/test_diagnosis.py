@@ -24,6 +24,15 @@ def test_small_wobble_is_not_called_overfitting():
     assert result["status"] == "plateau"
 
 
+def test_a_head_that_overfitted_is_named_so_though_fine_tuning_ends_with_a_higher_training_loss():
+    # a new user's 120 photos: head epochs 1-4 on embeddings, lowest validation loss at 2, then two fine-tuning
+    # epochs on augmented images, whose training loss is above the head's
+    result = diagnose(history([0.60, 0.37, 0.33, 0.32, 0.45, 0.44], [0.50, 0.43, 0.46, 0.48, 0.52, 0.52],
+                              [0.80, 0.90, 0.92, 0.93, 0.85, 0.86], [0.85, 0.90, 0.90, 0.89, 0.88, 0.88]))
+    assert result["status"] == "overfitting"
+    assert result["verdict"].startswith("overfitting from epoch 3: validation loss rose while training loss fell")
+
+
 def test_validation_and_training_loss_rising_together_is_a_run_that_got_worse_not_a_plateau():
     # a head at 0.62 val accuracy, then one short fine-tuning epoch that undid it (a new user's 200 photos)
     result = diagnose(history([1.20, 1.05, 1.55], [1.20, 1.157, 1.521], [0.55, 0.675, 0.30], [0.58, 0.625, 0.325]))

@@ -19,7 +19,9 @@ def diagnose(history: dict[str, list[float]]) -> dict:
     best = int(np.argmin(val_loss))  # 0-based
     gap = float(acc[-1] - val_acc[-1])
     rose = val_loss[-1] > val_loss[best] * (1 + RISE_TOLERANCE)
-    train_fell = loss[-1] < loss[best]
+    # below its value there at any later epoch: a pretrained run's fine-tuning epochs (augmented images, a warm-up)
+    # end above the head's training loss (un-augmented embeddings), after the head overfitted
+    train_fell = best < epochs - 1 and loss[best + 1:].min() < loss[best]
     if best < epochs - 1 and rose and train_fell:
         verdict = (
             f"overfitting from epoch {best + 2}: validation loss rose while training loss fell "
