@@ -143,3 +143,17 @@ def test_export_json_with_a_variant_failing_the_gate_still_says_so_in_one_line(t
     out, err = capsys.readouterr()
     assert json.loads(out)["variants"][0]["passed"] is False
     assert "petal: error: float32 failed the parity gate" in err
+
+
+def test_the_recommended_model_is_the_fastest_at_one_thread_of_those_that_passed(tmp_path):
+    from petal.run_folder import RunFolder
+
+    def variant(name, passed, one_thread_ms, two_threads_ms):
+        return {"variant": name, "path": f"model-{name}.tflite", "passed": passed,
+                "speed": {"latency_ms": {"1": one_thread_ms, "2": two_threads_ms}}}
+
+    run = RunFolder(tmp_path / "run")
+    run.export_dir.mkdir(parents=True)
+    (run.export_dir / "report.json").write_text(json.dumps({"images": 7, "keras_accuracy": 1.0, "keras_file_bytes": 1, "variants": [
+        variant("float16", True, 5.69, 2.90), variant("int8", True, 5.33, 3.10), variant("dynamic", False, 4.0, 2.0)]}))
+    assert run.recommended_model() == "model-int8.tflite"  # not float16, the fastest at two threads

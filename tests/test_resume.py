@@ -57,12 +57,14 @@ def test_resume_needs_no_option_repeated_and_a_finished_run_is_left_as_it_is(tmp
     run = tmp_path / "run"
     options = ["--model", "tutorial", "--epochs", "1", "--image-size", "16", "16", "--learning-rate", "0.01"]
     assert subprocess.run([PETAL, "train", str(data), "--out", str(run), *options], capture_output=True).returncode == 0
+    assert subprocess.run([PETAL, "export", str(run), "--quantize", "float32"], capture_output=True).returncode == 0
     written = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
 
     again = subprocess.run([PETAL, "train", str(data), "--out", str(run), "--resume"], capture_output=True, text=True)
 
     assert again.returncode == 0, again.stderr
     assert "finished already" in again.stderr and "Trained in" in again.stdout
+    assert again.stdout.splitlines()[-1] == f"Next: petal serve {run / 'export' / 'model-float32.tflite'}"  # exported already
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == written
 
 

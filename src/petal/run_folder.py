@@ -224,10 +224,15 @@ class RunFolder:
         remove_stale(self.export_dir / "parity.json")  # written by petal 0.1.0; report.json replaces it
 
     def recommended_model(self) -> str | None:
-        """The exported .tflite to use: of those that passed the parity gate, the fastest at one thread; None
-        before an export, or when none passed."""
+        """The exported .tflite to use: of those that passed the parity gate, the fastest at one thread (a phone's
+        or a server request's case: a single image, one core); None before an export, or when none passed."""
         passed = [v for v in (self.export_report() or {}).get("variants", []) if v.get("passed")]
-        fastest = min(passed, key=lambda v: min(v["speed"]["latency_ms"].values(), default=float("inf")), default=None)
+
+        def one_thread_latency(variant: dict) -> float:
+            latency = variant["speed"]["latency_ms"]  # {threads: ms}; JSON keys are strings
+            return latency.get("1", min(latency.values(), default=float("inf")))
+
+        fastest = min(passed, key=one_thread_latency, default=None)
         return fastest["path"] if fastest else None
 
     def evaluations(self) -> list[tuple[str, dict]]:

@@ -43,12 +43,18 @@ def cmd_train(args) -> int:
         print_json("train", {"run": str(result.run.path), "report": str(result.run / "report.html"), "epochs": len(history),
                              "final_val_accuracy": history[-1], "validation": validation, "calibration": result.run.record("calibration"),
                              "diagnosis": result.diagnosis, "seconds": result.run.record("environment")["seconds"],
-                             "next": f"petal export {result.run.path}"})
+                             "next": _next_after_training(result.run)})
         return 0
     print(trained_summary(result))
     print(f"Run folder: {result.run.path}  (report: {result.run / 'report.html'})")
-    print(f"Next: petal export {result.run.path}")
+    print(f"Next: {_next_after_training(result.run)}")
     return 0
+
+
+def _next_after_training(run: RunFolder) -> str:
+    """petal export RUN; for a run exported already (a --resume of a finished run), what export says next."""
+    exported = run.recommended_model()
+    return f"petal serve {exported}" if exported else f"petal export {run.path}"
 
 
 def trained_summary(result) -> str:
@@ -94,7 +100,7 @@ def export_and_report(run_dir, config: ExportConfig, as_json: bool = False, gate
     print(f"Report: {Path(report.run) / 'export' / 'report.md'} (and report.json)")
     recommended = RunFolder(report.run).recommended_model()
     if recommended:
-        print(f"Next: petal serve {recommended}  (the fastest variant that passed the gate), or petal predict {recommended} PHOTO")
+        print(f"Next: petal serve {recommended}  (of the variants that passed the gate, the fastest at one thread), or petal predict {recommended} PHOTO")
     if failed_gate:
         if not gate_failure_is_error:
             print(f"Note: {failed}")

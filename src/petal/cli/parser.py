@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", dest="data_dir", metavar="DIR",
                           help="a folder of class sub-folders named as the model's classes (default: the run's validation split)")
     evaluate.add_argument("--out", type=Path, help="where to write (default: RUN/evaluation/keras or RUN/evaluation/FILE-STEM)")
-    evaluate.add_argument("--top-k", type=int, default=3)
+    evaluate.add_argument("--top-k", type=int, default=3, metavar="K", help="also report top-K accuracy (default 3)")
     evaluate.add_argument("--mistakes", type=int, default=16, help="how many of the most confident mistakes to show (default 16)")
     evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     evaluate.set_defaults(handler=commands.cmd_evaluate)
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = subcommands.add_parser("predict", help="classify images with a run folder or a .tflite file")
     predict.add_argument("model", metavar="MODEL", help="a run folder or a .tflite written by petal export")
     predict.add_argument("images", metavar="IMAGE", nargs="+")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--top-k", type=int, default=3, metavar="K", help="how many of the most likely classes to show (default 3)")
     predict.add_argument("--json", action="store_true", help="print the result as one JSON object (docs/schemas/COMMAND.schema.json)")
     predict.set_defaults(handler=commands.cmd_predict)
 
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--address", help="a Ray cluster to join, e.g. 10.0.0.5:6379 (default: start a local one on 127.0.0.1)")
     batch.add_argument("--workers", type=int, default=2, help="LiteRT interpreters, one per Ray actor (default 2)")
     batch.add_argument("--batch-size", type=int, default=32, help="images per interpreter call (default 32)")
-    batch.add_argument("--top-k", type=int, default=3)
+    batch.add_argument("--top-k", type=int, default=3, metavar="K", help="how many of the most likely classes each row keeps (default 3)")
     batch.add_argument("--part-size", type=int, default=512, help="files per Parquet part, the unit of work and of resuming (default 512)")
     batch.add_argument("--overwrite", action="store_true", help="replace DIR's predictions of another model or source")
     batch.add_argument("--dashboard", action="store_true", help="start the local cluster with Ray's dashboard")

@@ -55,7 +55,7 @@ KINDS = {
     "duplicate-within-class": ("info", "exact copy of another image of the same class"),
     "duplicate-across-classes": ("warning", "the same image under two classes: one label is wrong"),
     "duplicate-across-split": ("warning", "exact copy in training and validation (or test): inflates their accuracy"),
-    "near-duplicate-within-class": ("info", "near copy (resized or re-encoded) of an image of the same class"),
+    "near-duplicate-within-class": ("info", "near copy (resized, re-encoded, recoloured or cropped) of an image of the same class"),
     "near-duplicate-across-classes": ("warning", "near copy of an image of another class"),
     "near-duplicate-across-split": ("warning", "near copy in training and validation (or test)"),
     # Only with --label-issues (petal.training.label_issues): from a pretrained backbone's embeddings and cleanlab.

@@ -132,8 +132,8 @@ def _next_step(run: RunFolder) -> str:
     recommended = run.recommended_model()
     if recommended is None:
         return "no LiteRT variant passed the parity gate: see Export."
-    return (f"<code>petal serve {_e(recommended)}</code> (the fastest variant that passed the gate) to try it on photos, or <code>petal evaluate {_e(str(run.path))} "
-            f"--data DIR</code> on photos from elsewhere.")
+    return (f"<code>petal serve {_e(recommended)}</code> (of the variants that passed the gate, the fastest at one thread) to try it "
+            f"on photos, or <code>petal evaluate {_e(str(run.path))} --data DIR</code> on photos from elsewhere.")
 
 
 def _config_section(config: dict) -> str:
