@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PETAL, exported_tiny_run, make_image
 
+from petal import atomic
 from petal.cli import main
 from petal.errors import ConfigError, RunFolderError
 from petal.runtime.predict import Predictor
@@ -105,7 +106,7 @@ def test_a_source_with_nothing_to_predict_leaves_no_output_and_the_corrected_com
     (tmp_path / "empty-source").mkdir()
     out = tmp_path / "out"
     for wrong in (tmp_path / "no-such-source", tmp_path / "empty-source"):
-        with pytest.raises(ConfigError, match=str(wrong)):
+        with pytest.raises(ConfigError, match=str(wrong)), atomic.held(out, "predict-batch"):  # as predict_batch holds it
             BatchFolder(out).prepare({"model": "a", "source": str(wrong)}, str(wrong), part_size=16, overwrite=False)
         assert not out.exists()
 

@@ -187,3 +187,75 @@ def test_running_out_of_memory_is_one_line_naming_the_size_settings(tmp_path, mo
         loop.train(config, tmp_path / "run", verbose=0)
     assert str(raised.value) == ("out of memory training tutorial at image size 4000x4000, batch size 32 (OOM when allocating tensor "
                                  "with shape[16000000,128]): use a smaller --image-size or --batch-size in a new --out")
+
+
+def test_a_folder_is_written_by_one_command_at_a_time_and_the_hold_leaves_nothing_behind(tmp_path):
+    from petal.errors import FolderInUseError
+
+    run = tmp_path / "run"
+    with atomic.held(run, "train"):
+        with pytest.raises(FolderInUseError, match=rf"^{run}: in use by petal train \(pid {os.getpid()} on "):
+            with atomic.held(run, "export"):
+                pass
+    assert not run.exists()  # made for the hold, nothing written: removed again
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with atomic.held(run, "train"):
+        pass
+    assert [p.name for p in run.iterdir()] == ["config.json"]
+
+
+def test_a_second_training_or_an_export_into_a_run_folder_in_use_is_refused_before_writing(tmp_path):
+    from petal.errors import FolderInUseError
+    from petal.training.export import export_litert
+    from petal.training.loop import train
+
+    data = make_folder(tmp_path / "photos", per_class=6)
+    config = TrainConfig.for_model(str(data), "tutorial", epochs=1, image_size=(16, 16), batch_size=8, cache_dir=str(tmp_path / "cache"))
+    run = train(config, tmp_path / "run", verbose=0).run.path
+    written = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with atomic.held(run, "train --resume"):  # as another process training it would
+        with pytest.raises(FolderInUseError, match="in use by petal train --resume"):
+            train(config, run, resume=True, verbose=0)
+        with pytest.raises(FolderInUseError, match="in use by petal train --resume"):
+            export_litert(run)
+        with pytest.raises(FolderInUseError):  # not "already exists": the hold is checked first
+            train(config, run, verbose=0)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == written
+
+
+def test_a_model_that_is_not_the_one_the_run_folder_describes_is_one_line(tmp_path):
+    import json
+
+    from petal.errors import RunFolderError
+    from petal.training.loop import train
+
+    data = make_folder(tmp_path / "photos", per_class=6)
+    config = TrainConfig.for_model(str(data), "tutorial", epochs=1, image_size=(16, 16), batch_size=8, cache_dir=str(tmp_path / "cache"))
+    run = RunFolder(train(config, tmp_path / "run", verbose=0).run.path)
+    settings = json.loads(run.config_path.read_text())
+    run.config_path.write_text(json.dumps({**settings, "image_size": [32, 32]}))  # another run's config, or an edit
+    with pytest.raises(RunFolderError, match=r"config.json: says image size 32x32, model.keras takes 16x16"):
+        run.load_model()
+
+
+def test_a_training_whose_loss_becomes_nan_stops_in_one_line_and_saves_no_model(tmp_path):
+    from petal.errors import DivergedError
+    from petal.training.loop import train
+
+    data = make_folder(tmp_path / "photos", per_class=6)
+    config = TrainConfig.for_model(str(data), "tutorial", epochs=2, image_size=(16, 16), batch_size=8, learning_rate=1e308,
+                                   cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DivergedError, match=r"^training diverged: the loss is nan at epoch 1, .* lower --learning-rate"):
+        train(config, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run" / "model.keras").exists() and not RunFolder(tmp_path / "run").history_rows()
+
+
+def test_a_model_whose_output_is_not_a_number_gives_an_error_per_image_not_a_nan_prediction():
+    from PIL import Image
+
+    from petal.runtime.predict import PredictionError, Predictor
+
+    broken = Predictor(lambda batch: np.full((len(batch), 2), np.nan, np.float32), ("a", "b"), (8, 8), description="model.tflite")
+    (result,) = broken.predict([Image.new("RGB", (8, 8))])
+    assert isinstance(result, PredictionError) and result.reason.startswith("model.tflite: the model's output is not a number")

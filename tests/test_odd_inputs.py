@@ -465,6 +465,8 @@ def test_kind9_a_batch_too_large_for_memory_is_refused_for_training_and_bounded_
 
     with pytest.raises(ConfigError, match=r"batch size must be at most 5,523 at image size 180x180 .*batch_size=99,999,999$"):
         TrainConfig.for_model("photos", "tutorial", batch_size=99_999_999)
+    with pytest.raises(ConfigError, match=r"train image size is the size of random crops of the image size, so at most it"):
+        TrainConfig.for_model("photos", "petal-resnet", image_size=(32, 32), train_image_size=(512, 512), batch_size=1000)
     monkeypatch.setattr(decode, "MAX_BATCH_BYTES", 2 * 8 * 8 * 3 * 4)  # two 8x8 images per batch
     calls = []
     predictor = fake_predictor()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -21,9 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from petal.errors import DiskFullError
+from petal.errors import DiskFullError, FolderInUseError
 
 PARTIAL_SUFFIX = ".partial"
+LOCK_NAME = ".petal.lock"  # inside a folder one command at a time writes (held)
 # No space, over quota, over the file-size limit (ulimit -f; Python ignores SIGXFSZ, so writes fail instead).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -117,3 +119,43 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+@contextlib.contextmanager
+def held(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold `folder` for this process while the block runs, so a second command that would write there is
+    refused instead of mixing its files in: an OS lock (flock) on FOLDER/.petal.lock, which ends with the process
+    however it ends. The folder is made if need be; the lock file is removed at the end, and the folder too when
+    this made it and nothing else was written there.
+
+    Raises:
+        FolderInUseError: another process holds it (named by its pid and command).
+    """
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FolderInUseError(f"{folder}: in use by {holder}; wait for it to end, or choose another folder") from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the one there now
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"petal {command} (pid {os.getpid()} on {socket.gethostname()})".encode())
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            if made:
+                folder.rmdir()  # only if empty
+        os.close(fd)

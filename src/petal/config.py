@@ -154,6 +154,9 @@ class TrainConfig:
             if size is not None and (len(size) != 2 or min(size) < 8 or max(size) > MAX_IMAGE_SIDE):
                 raise ConfigError(f"{name.replace('_', ' ')} must be two numbers (height width), each from 8 to {MAX_IMAGE_SIDE}. "
                                   f"Received: {name}={size}")
+        if self.train_image_size is not None and any(t > i for t, i in zip(self.train_image_size, self.image_size)):
+            raise ConfigError(f"train image size is the size of random crops of the image size, so at most it. Received: "
+                              f"train_image_size={self.train_image_size}, image_size={self.image_size}")
         for name in ("val_split", "learning_rate", "weight_decay", "label_smoothing", "mixup", "cutmix", "fine_tune_learning_rate"):
             if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
                 raise ConfigError(f"{name} must be a finite number. Received: {name}={getattr(self, name)}")

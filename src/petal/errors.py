@@ -31,6 +31,14 @@ class RunFolderError(PetalError):
     """A run folder is missing, incomplete, or would be overwritten."""
 
 
+class DivergedError(PetalError):
+    """Training's loss stopped being a number: the weights are lost (a learning rate too high, most often)."""
+
+
+class FolderInUseError(PetalError):
+    """Another petal process is writing the same run or output folder."""
+
+
 class ExportError(PetalError):
     """Conversion failed or the exported model disagrees with the Keras model."""
 

@@ -124,8 +124,21 @@ class RunFolder:
         return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
 
     def load_model(self):
+        """model.keras, checked against the run's own records.
+
+        Raises:
+            RunFolderError: it is not the model config.json and labels.txt describe (its input size or number of
+                outputs differ: edited by hand, or another run's model).
+        """
         self.require("model.keras")
-        return load_keras_model(self.model_path)
+        model = load_keras_model(self.model_path)
+        classes, (height, width) = len(self.class_names()), self.config().image_size
+        if model.output_shape[-1] != classes:
+            raise RunFolderError(f"{self.labels_path}: names {classes} classes, model.keras has {model.output_shape[-1]} outputs")
+        if tuple(model.input_shape[1:3]) not in ((height, width), (None, None)):
+            raise RunFolderError(f"{self.config_path}: says image size {height}x{width}, model.keras takes "
+                                 f"{model.input_shape[1]}x{model.input_shape[2]}; train again into a new --out")
+        return model
 
     # Writing. Each file is replaced atomically (petal.atomic): a killed command leaves the old one or the new one.
 

@@ -119,8 +119,6 @@ class Predictor:
         run = RunFolder(path)
         config = run.config()
         model = run.load_model()
-        if model.output_shape[-1] != len(run.class_names()):
-            raise RunFolderError(f"{run.labels_path}: names {len(run.class_names())} classes, model.keras has {model.output_shape[-1]} outputs")
         calibration = Calibration.from_dict(run.record("calibration") or None, str(run / "calibration.json"))
         return cls(model.predict_on_batch, run.class_names(), config.image_size, config.max_pixels,
                    f"Keras {path}", calibration)
@@ -154,11 +152,15 @@ class Predictor:
                 pending = []
         yield from self._flush(pending, top_k)
 
-    def _flush(self, pending, top_k) -> Iterator[Prediction]:
+    def _flush(self, pending, top_k) -> Iterator[Prediction | PredictionError]:
         if not pending:
             return
-        probabilities = self.calibration.probabilities(self.logits(np.stack([image for _, image in pending])))
-        for (name, _), probs in zip(pending, probabilities):
+        logits = self.logits(np.stack([image for _, image in pending]))
+        probabilities = self.calibration.probabilities(logits)
+        for (name, _), probs, finite in zip(pending, probabilities, np.isfinite(logits).all(axis=1)):
+            if not finite:  # a broken model (a training that diverged): no class is more likely than another
+                yield PredictionError(name, f"{self.description}: the model's output is not a number (NaN or infinite); the model is broken")
+                continue
             order = rank_classes(probs)
             top = [(self.class_names[i], float(probs[i])) for i in order[:top_k]]
             tied = tuple(self.class_names[i] for i in order if probs[i] == probs[order[0]])

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from petal.data.decode import decode_image
 from petal.errors import ConfigError, ImageError
-from petal.runtime.predict import Predictor
+from petal.runtime.predict import PredictionError, Predictor
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_DECODES = 2  # images decoded at once: each may hold ~9 bytes x the model's pixel limit while decoding
@@ -113,6 +113,8 @@ def create_app(
                           headers={"Retry-After": "1"})
         except ImageError as exc:
             return _error(413 if exc.kind == "too-large" else 415, f"{upload.filename or 'upload'}: {exc.reason}")
+        if isinstance(result, PredictionError):  # the model's fault, not the photo's
+            return _error(500, result.reason)
         return JSONResponse({
             "label": result.label,
             "confidence": result.confidence,

@@ -45,35 +45,36 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
         raise ConfigError(f"{config.model}: pretrained backbones train in one process (their head takes seconds); drop --workers")
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
-    split, start_epoch = single.plan_run(run, config, resume)
-    if resume and run.finished():
-        return single.finished_run(run)
-    with RunClock(run) as clock:
-        started = time.perf_counter()
-        log.info("%s ...", f"joining the Ray cluster at {address}" if address else "starting a local Ray cluster on 127.0.0.1")
-        with ray_cluster(address, dashboard=dashboard) as ray:
-            check_workers(ray, config.workers)
-            log.info("Ray ready in %.0f s; starting %d training workers: each loads TensorFlow and decodes its share of the "
-                     "images before the first epoch", time.perf_counter() - started, config.workers)
-            if not start_epoch:
-                run.write_start(config, split)
-            single.write_parallelism(run, config, "multi-worker", config.workers)
-            timings = StageTimings(run)
-            if start_epoch >= config.total_epochs:
-                log.info("%s: all %d epochs are done", run.path, config.total_epochs)
+    with atomic.held(run.path, "train --workers"):
+        split, start_epoch = single.plan_run(run, config, resume)
+        if resume and run.finished():
+            return single.finished_run(run)
+        with RunClock(run) as clock:
+            started = time.perf_counter()
+            log.info("%s ...", f"joining the Ray cluster at {address}" if address else "starting a local Ray cluster on 127.0.0.1")
+            with ray_cluster(address, dashboard=dashboard) as ray:
+                check_workers(ray, config.workers)
+                log.info("Ray ready in %.0f s; starting %d training workers: each loads TensorFlow and decodes its share of the "
+                         "images before the first epoch", time.perf_counter() - started, config.workers)
+                if not start_epoch:
+                    run.write_start(config, split)
+                single.write_parallelism(run, config, "multi-worker", config.workers)
+                timings = StageTimings(run)
+                if start_epoch >= config.total_epochs:
+                    log.info("%s: all %d epochs are done", run.path, config.total_epochs)
+                else:
+                    with timings.timed("train"):  # the workers' start, decode and epochs
+                        _fit_on_workers(ray, run, config, start_epoch)
+            skipped = _skipped_by_workers(run)
+            single.report_skipped(run, skipped)
+            shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
+            recorder = RunRecorder(run)
+            if config.early_stopping:
+                model = recorder.best_model()
             else:
-                with timings.timed("train"):  # the workers' start, decode and epochs
-                    _fit_on_workers(ray, run, config, start_epoch)
-        skipped = _skipped_by_workers(run)
-        single.report_skipped(run, skipped)
-        shutil.rmtree(_ray_dir(run), ignore_errors=True)  # Ray Train's own records and the workers' scratch: not the run's
-        recorder = RunRecorder(run)
-        if config.early_stopping:
-            model = recorder.best_model()
-        else:
-            model = load_keras_model(run.checkpoint_dir / run.state()["model"])
-        num_classes = len(split.train.class_names)
-        return single.finish(run, config, model, num_classes, timings, skipped=skipped, clock=clock)
+                model = load_keras_model(run.checkpoint_dir / run.state()["model"])
+            num_classes = len(split.train.class_names)
+            return single.finish(run, config, model, num_classes, timings, skipped=skipped, clock=clock)
 
 
 def _skipped_by_workers(run: RunFolder) -> dict[str, str]:

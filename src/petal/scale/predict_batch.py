@@ -132,8 +132,8 @@ class BatchFolder:
             return None
 
     def prepare(self, identity: dict, source: str, part_size: int, overwrite: bool) -> dict:
-        """Check or start the folder; list the source into manifest parts unless a complete listing is there."""
-        created = not self.path.exists()
+        """Check or start the folder (made, and held, by the caller: atomic.held); list the source into manifest
+        parts unless a complete listing is there."""
         record = self.record()
         if record is not None and record["identity"] != identity:
             if not overwrite and "parts" in record and not record.get("nothing_predicted"):  # else nothing to lose
@@ -142,20 +142,20 @@ class BatchFolder:
                     f"{self.path}: holds predictions of another {' and '.join(changed)}; pass --overwrite to replace them"
                 )
             record = None
-        if record is None and self.path.exists() and any(self.path.iterdir()):
+        held_by_us = self.path / atomic.LOCK_NAME
+        if record is None and self.path.exists() and any(p != held_by_us for p in self.path.iterdir()):
             if not (self.path / RECORD).exists():  # not ours: never emptied, --overwrite or not
                 raise RunFolderError(f"{self.path}: exists and is not a predict-batch output (no {RECORD}); choose another --out")
             for item in self.path.iterdir():
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
+                if item != held_by_us:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
         if record is None or "parts" not in record:
             atomic.write_json(self.path / RECORD, {"identity": identity})  # ours from here: a killed listing is redone
             try:
                 files, parts = self._write_manifest(source, part_size)
             except ConfigError:  # nothing to predict: leave no listing that a corrected command would have to --overwrite
                 shutil.rmtree(self.path / MANIFEST, ignore_errors=True)
-                (self.path / RECORD).unlink()
-                if created:
-                    shutil.rmtree(self.path)
+                (self.path / RECORD).unlink()  # a folder this run made is then removed by atomic.held
                 raise
             record = {"identity": identity, "files": files, "parts": parts, "part_size": part_size}
             atomic.write_json(self.path / RECORD, record)
@@ -252,40 +252,41 @@ def predict_batch(model: str | os.PathLike, source: str, out: str | os.PathLike,
         Predictor.load(model_path)  # an unusable model fails here, in one line, before any cluster starts
     identity = {"model": _sha256(model_path), "source": _source_identity(source), "top_k": top_k, "part_size": part_size,
                 "schema": SCHEMA_VERSION}
-    folder = BatchFolder(out)
-    record = folder.prepare(identity, source, part_size, overwrite)
-    todo = folder.parts_to_do(record["parts"])
-    skipped = record["parts"] - len(todo)
-    if not todo:
-        return _totals(folder, record["parts"], skipped, 0.0)
-    with ray_cluster(address, dashboard=dashboard) as ray:
-        check_workers(ray, workers)
-        cpus_per_worker = _cpus_per_worker(ray, workers)
-        started = time.perf_counter()
-        parts = ray.data.from_items([{"part": k} for k in todo], override_num_blocks=min(len(todo), MAX_BLOCKS))
-        with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (pinned)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            summaries = parts.map_batches(
-                PartPredictor,
-                fn_constructor_kwargs={"model": str(model_path.resolve()), "out": str(folder.path.resolve()),
-                                       "top_k": top_k, "batch_size": batch_size},
-                batch_size=1,
-                num_cpus=cpus_per_worker,
-                compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),  # no idle actors for a few parts
-                max_restarts=0,  # a lost part is redone by the next run, not by a restarted actor
-            )
-        bar = progress(None, total=sum(_part_length(record, k) for k in todo)) if progress else None
-        try:
-            for row in summaries.iter_rows():
+    with atomic.held(out, "predict-batch"):  # a second run into OUT would write the same parts
+        folder = BatchFolder(out)
+        record = folder.prepare(identity, source, part_size, overwrite)
+        todo = folder.parts_to_do(record["parts"])
+        skipped = record["parts"] - len(todo)
+        if not todo:
+            return _totals(folder, record["parts"], skipped, 0.0)
+        with ray_cluster(address, dashboard=dashboard) as ray:
+            check_workers(ray, workers)
+            cpus_per_worker = _cpus_per_worker(ray, workers)
+            started = time.perf_counter()
+            parts = ray.data.from_items([{"part": k} for k in todo], override_num_blocks=min(len(todo), MAX_BLOCKS))
+            with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (pinned)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                summaries = parts.map_batches(
+                    PartPredictor,
+                    fn_constructor_kwargs={"model": str(model_path.resolve()), "out": str(folder.path.resolve()),
+                                           "top_k": top_k, "batch_size": batch_size},
+                    batch_size=1,
+                    num_cpus=cpus_per_worker,
+                    compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),  # no idle actors for a few parts
+                    max_restarts=0,  # a lost part is redone by the next run, not by a restarted actor
+                )
+            bar = progress(None, total=sum(_part_length(record, k) for k in todo)) if progress else None
+            try:
+                for row in summaries.iter_rows():
+                    if bar is not None:
+                        bar.update(int(row["predicted"]) + int(row["failed"]))
+            except Exception as exc:  # a Ray task error: its first line names the cause
+                raise PetalError(f"batch prediction failed: {ray_error_line(exc)}") from None
+            finally:
                 if bar is not None:
-                    bar.update(int(row["predicted"]) + int(row["failed"]))
-        except Exception as exc:  # a Ray task error: its first line names the cause
-            raise PetalError(f"batch prediction failed: {ray_error_line(exc)}") from None
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - started
-    return _totals(folder, record["parts"], skipped, seconds)
+                    bar.close()
+            seconds = time.perf_counter() - started
+        return _totals(folder, record["parts"], skipped, seconds)
 
 
 def _cpus_per_worker(ray, workers: int) -> float:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 
 import keras
 
 from petal import atomic
-from petal.errors import RunFolderError
+from petal.errors import DivergedError, RunFolderError
 from petal.run_folder import RunFolder, load_keras_model, read_json
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,17 @@ class RunRecorder(keras.callbacks.Callback):
 
     def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: list[float], first_epoch: int = 0) -> None:
         """Append epochs first_epoch+1.. to the history (their logs and wall `seconds`) and checkpoint `model` as
-        the last of them; only that last epoch can become the best one, as only its weights are kept."""
+        the last of them; only that last epoch can become the best one, as only its weights are kept.
+
+        Raises:
+            DivergedError: an epoch's loss is NaN or infinite (nothing of it is recorded: the run folder keeps the
+                last good epoch).
+        """
+        for number, logs in enumerate(epochs, start=first_epoch + 1):
+            loss = float(logs.get("loss", 0.0))
+            if not math.isfinite(loss):
+                raise DivergedError(f"training diverged: the loss is {loss} at epoch {number}, and the weights are no longer numbers; "
+                                    f"train again with a lower --learning-rate, into a new --out")
         last = first_epoch + len(epochs)
         name = f"epoch-{last:04d}.keras"
         self.run.save_checkpoint(model, name)

@@ -104,6 +104,11 @@ def export_litert(
     config = config or ExportConfig()
     run = RunFolder(run_dir)
     run.require("config.json", "labels.txt", "model.keras")
+    with atomic.held(run.path, "export"):  # another export, or a training --resume, would write the same files
+        return _export(run, config, calibration_images, progress)
+
+
+def _export(run: RunFolder, config: ExportConfig, calibration_images: np.ndarray | None, progress) -> ExportReport:
     train_config = run.config()
     model = run.load_model()
     cache = decode_cache(train_config)

@@ -113,17 +113,18 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     entry = check_model_settings(config)
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
-    split, start_epoch = plan_run(run, config, resume)
-    if resume and run.finished():
-        return finished_run(run)
-    with RunClock(run) as clock:
-        try:
-            return _train(run, config, entry, split, start_epoch, clock, verbose, progress, callbacks)
-        except tf.errors.ResourceExhaustedError as exc:
-            first_line = (exc.message or str(exc)).strip().splitlines()[0][:200]
-            raise OutOfMemoryError(
-                f"out of memory training {config.model} at image size {config.image_size[0]}x{config.image_size[1]}, batch size "
-                f"{config.batch_size} ({first_line}): use a smaller --image-size or --batch-size in a new --out") from None
+    with atomic.held(run.path, "train"):  # a second train, a --resume or an export of this folder is refused meanwhile
+        split, start_epoch = plan_run(run, config, resume)
+        if resume and run.finished():
+            return finished_run(run)
+        with RunClock(run) as clock:
+            try:
+                return _train(run, config, entry, split, start_epoch, clock, verbose, progress, callbacks)
+            except tf.errors.ResourceExhaustedError as exc:
+                first_line = (exc.message or str(exc)).strip().splitlines()[0][:200]
+                raise OutOfMemoryError(
+                    f"out of memory training {config.model} at image size {config.image_size[0]}x{config.image_size[1]}, batch size "
+                    f"{config.batch_size} ({first_line}): use a smaller --image-size or --batch-size in a new --out") from None
 
 
 def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch: int, clock: RunClock, verbose: int, progress,
@@ -441,7 +442,7 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
             raise RunFolderError(f"{run.history_path}: damaged: {len(run.history_rows())} epochs recorded, checkpoint/state.json "
                                  f"says {done}; train again into a new --out")
         return split, done
-    if run.path.exists() and any(run.path.iterdir()):
+    if run.path.exists() and any(p.name != atomic.LOCK_NAME for p in run.path.iterdir()):
         raise RunFolderError(
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"
         )

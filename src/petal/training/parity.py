@@ -60,6 +60,9 @@ def compare_with_keras(model, files: dict[str, bytes], images: CachedRows, confi
         positions = np.arange(start, min(start + PARITY_BATCH, len(images)))
         batch = images.gather(positions).astype(np.float32)
         keras_logits = np.asarray(model.predict_on_batch(batch), dtype=np.float32)  # compiled: an eager call holds every activation
+        if not np.isfinite(keras_logits).all():  # NaN agrees with NaN: the gate would pass a broken model
+            raise ExportError("the Keras model's output is not a number (NaN or infinite) on validation images: the model is broken; "
+                              "train it again")
         # Ranked as `petal evaluate` ranks the written file (petal.runtime.predict.rank_classes): ties count alike.
         keras_probs = softmax(keras_logits)
         keras_top = rank_classes(keras_probs)[:, 0]
