@@ -259,3 +259,19 @@ def test_a_model_whose_output_is_not_a_number_gives_an_error_per_image_not_a_nan
     broken = Predictor(lambda batch: np.full((len(batch), 2), np.nan, np.float32), ("a", "b"), (8, 8), description="model.tflite")
     (result,) = broken.predict([Image.new("RGB", (8, 8))])
     assert isinstance(result, PredictionError) and result.reason.startswith("model.tflite: the model's output is not a number")
+
+
+def test_a_run_folder_or_an_evaluation_inside_the_data_folder_is_refused_before_anything_is_written(tmp_path):
+    from petal.errors import ConfigError
+    from petal.training.evaluation import evaluate, write_evaluation
+    from petal.training.loop import train
+
+    data = make_folder(tmp_path / "photos", per_class=6)
+    config = TrainConfig.for_model(str(data), "tutorial", epochs=1, image_size=(16, 16), batch_size=8, cache_dir=str(tmp_path / "cache"))
+    files = sorted(data.rglob("*"))
+    with pytest.raises(ConfigError, match="the run folder must be outside the data folder"):
+        train(config, data / "red" / "run", verbose=0)
+    run = train(config, tmp_path / "run", verbose=0).run.path
+    with pytest.raises(ConfigError, match="the evaluation must be written outside the data folder"):
+        write_evaluation(evaluate(run), data / "red" / "evaluation", data)
+    assert sorted(data.rglob("*")) == files  # no chart joins the red photos

@@ -167,7 +167,7 @@ def test_a_quarantine_inside_the_data_folder_is_refused(found, messy):
 
 
 def test_inside_the_data_folder_means_where_links_lead(tmp_path):
-    from petal.data.quarantine import is_inside
+    from petal.data.index import is_inside
 
     data, elsewhere = tmp_path / "data", tmp_path / "elsewhere" / "roses"
     data.mkdir()

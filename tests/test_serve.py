@@ -326,3 +326,16 @@ def test_a_file_that_is_not_an_image_gets_its_error_and_no_broken_preview(server
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
         assert page.inner_text("#error").startswith("notes.jpg: not an image")
         assert not page.locator("#preview").is_visible()
+
+
+@pytest.mark.parametrize("options", [["--max-upload-mb", "inf"], ["--host", "256.1.1.1"], "port in use"])
+def test_an_address_or_limit_the_server_cannot_take_is_one_line_before_serving(tflite, options):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        if options == "port in use":
+            options = ["--port", str(port)]
+        result = subprocess.run([PETAL, "serve", str(tflite), "--port", str(port), *options], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Serving" not in result.stdout, result.stdout
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("petal: error: "), result.stderr

@@ -148,13 +148,16 @@ def cmd_serve(args) -> int:
         import uvicorn
 
         from petal.runtime import serve
-    if not 0 <= args.port <= 65535 or not args.max_upload_mb > 0:
-        raise PetalError(f"--port must be in 0..65535 and --max-upload-mb positive. Received: --port {args.port}, --max-upload-mb {args.max_upload_mb}")
+    if not 0 <= args.port <= 65535 or not 0 < args.max_upload_mb < float("inf"):
+        raise PetalError(f"--port must be in 0..65535 and --max-upload-mb a positive number. Received: --port {args.port}, "
+                         f"--max-upload-mb {args.max_upload_mb}")
     with native_log_silenced():
         app = serve.create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), decodes=args.decodes,
                                timeout_s=args.timeout, max_pixels=args.max_pixels)
-    print(f"Serving {args.model} on http://{args.host}:{args.port}/ (POST /predict with a file field 'image'); Ctrl-C stops")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    listener = serve.listen(args.host, args.port)
+    print(f"Serving {args.model} on http://{args.host}:{listener.getsockname()[1]}/ (POST /predict with a file field 'image'); "
+          f"Ctrl-C stops")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
     return 0
 
 

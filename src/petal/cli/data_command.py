@@ -10,8 +10,8 @@ from pathlib import Path
 from petal.cli.common import EXIT_PARTIAL, needs_extra, print_json, progress_bar, require
 from petal.data import doctor
 from petal.data.decode import decode_image
-from petal.data.index import resolved
-from petal.data.quarantine import EXCLUDE_KINDS, check_quarantine, is_inside, move_flagged, undo_move
+from petal.data.index import is_inside, resolved
+from petal.data.quarantine import EXCLUDE_KINDS, check_quarantine, move_flagged, undo_move
 from petal.data.split import load_split
 from petal.errors import ConfigError, PetalError, counted, printable
 

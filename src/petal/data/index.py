@@ -55,6 +55,13 @@ def resolved(path: str | os.PathLike) -> Path:
         raise DataError(f"{path}: cannot be resolved ({exc})") from None
 
 
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies under it, links resolved (so `folder/link/..` is where the link points).
+    Raises DataError on a symlink loop."""
+    path, folder = resolved(path), resolved(folder)
+    return path == folder or folder in path.parents
+
+
 def index_folder(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, *,
                  follow_links: bool = False) -> ImageFolder:
     """List the image files under `root`/<class>/ (recursively) in Keras's sorted walk order; symlinked

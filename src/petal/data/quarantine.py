@@ -15,20 +15,13 @@ from typing import Iterable, NamedTuple, Sequence
 
 from petal import atomic
 from petal.data.doctor import KINDS, Finding
-from petal.data.index import resolved
+from petal.data.index import is_inside, resolved
 from petal.errors import ConfigError, PetalError
 
 log = logging.getLogger(__name__)
 
 EXCLUDE_KINDS = ("label-issue", "outlier")  # what --move-to moves and --exclude leaves out unless told otherwise
 MANIFEST_FORMAT = 1
-
-
-def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
-    """Whether `path` is `folder` or lies under it, links resolved (so `folder/link/..` is where the link points).
-    Raises DataError on a symlink loop."""
-    path, folder = resolved(path), resolved(folder)
-    return path == folder or folder in path.parents
 
 
 def check_quarantine(root: str | os.PathLike, quarantine: str | os.PathLike, kinds: Sequence[str]) -> tuple[Path, Path]:

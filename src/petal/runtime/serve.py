@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import os
+import socket
 
 import anyio
 import anyio.to_thread
@@ -41,6 +42,20 @@ MULTIPART_OVERHEAD = 64 * 1024  # part headers and boundaries allowed on top of 
 
 class UploadTooLarge(Exception):
     """The request body grew past the upload limit while it was being read."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on (host, port) (port 0: any free one), for uvicorn.Server.run(sockets=...): made before
+    the server starts, so a port in use or an unknown host is one line, not uvicorn's log after "Serving".
+
+    Raises:
+        ConfigError: the address cannot be listened on.
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:  # gaierror included
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def create_app(

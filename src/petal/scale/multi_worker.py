@@ -45,6 +45,7 @@ def train_on_ray(config: TrainConfig, out_dir: str | Path, *, address: str | Non
         raise ConfigError(f"{config.model}: pretrained backbones train in one process (their head takes seconds); drop --workers")
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
+    single.check_out(run, config)
     with atomic.held(run.path, "train --workers"):
         split, start_epoch = single.plan_run(run, config, resume)
         if resume and run.finished():

@@ -19,7 +19,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data.cache import content_key
-from petal.data.index import ImageFolder, index_folder, resolved
+from petal.data.index import ImageFolder, index_folder, is_inside, resolved
 from petal.errors import ConfigError, DataError, RunFolderError, printable
 from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.predict import PredictionError, Predictor
@@ -165,8 +165,14 @@ def _summarise(model, data, names, confusion, in_top_k, top_k, bins, worst, fail
 def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike, data_root: str | os.PathLike) -> list[Path]:
     """metrics.json and mistakes.csv always; confusion.png, reliability.png and mistakes.jpg when
     matplotlib is installed (the [train] extra); the run's report.html when `out_dir` is
-    RUN/evaluation/NAME. Returns the files written."""
+    RUN/evaluation/NAME. Returns the files written.
+
+    Raises:
+        ConfigError: `out_dir` is inside `data_root` (its charts would be read as photos).
+    """
     out = Path(out_dir)
+    if is_inside(out, data_root):
+        raise ConfigError(f"{out}: the evaluation must be written outside the data folder {data_root} (its charts would be read as photos)")
     written = _write_files(evaluation, out, data_root)
     run = run_of(out.parent.parent) if out.parent.name == "evaluation" else None
     return written + ([build_report(run.path)] if run else [])

@@ -23,6 +23,7 @@ import petal
 from petal import atomic
 from petal.config import TrainConfig
 from petal.data.cache import CachedRows, DecodeCache, default_cache_root
+from petal.data.index import is_inside
 from petal.data.split import Split, load_split
 from petal.errors import ConfigError, OutOfMemoryError, RunFolderError, counted, printable
 from petal.registry import ModelSpec, create_model, get_model_entry
@@ -113,6 +114,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ver
     entry = check_model_settings(config)
     config = dataclasses.replace(config, preprocessing=entry.preprocessing)
     run = RunFolder(out_dir)
+    check_out(run, config)
     with atomic.held(run.path, "train"):  # a second train, a --resume or an export of this folder is refused meanwhile
         split, start_epoch = plan_run(run, config, resume)
         if resume and run.finished():
@@ -420,6 +422,14 @@ def environment() -> dict:
 
 # Settings that change where files go, not what is trained: a resumed run may give other values.
 RESULT_NEUTRAL_SETTINGS = ("cache_dir",)
+
+
+def check_out(run: RunFolder, config: TrainConfig) -> None:
+    """Refuse a run folder inside the data folder, before anything is made: its charts and samples would be read
+    as photos of a class. Raises ConfigError."""
+    if is_inside(run.path, config.data_dir):
+        raise ConfigError(f"{run.path}: the run folder must be outside the data folder {config.data_dir} (its images would be "
+                          f"read as photos)")
 
 
 def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, int]:
