@@ -765,3 +765,14 @@ def test_kind13_resuming_over_a_damaged_history_is_one_line(finished_run, tmp_pa
             "--image-size", *map(str, config.image_size), "--cache-dir", config.cache_dir, "--out", str(run), "--resume"]
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"petal: error: {run / 'history.csv'}: damaged")
+
+
+def test_kind8_a_warning_naming_a_folder_with_a_line_break_is_one_line(tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=3)
+    (tmp_path / "elsewhere").mkdir()
+    (data / "red" / "link\nEVIL: a fake line").symlink_to(tmp_path / "elsewhere")
+    result = subprocess.run([PETAL, "data", str(data), "--json"], capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "not followed" in line]
+    assert len(warning) == 1 and "link\\nEVIL: a fake line" in warning[0]
+    assert not any(line.startswith("EVIL") for line in result.stderr.splitlines())

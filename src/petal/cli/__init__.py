@@ -41,6 +41,13 @@ def limit_malloc_arenas() -> bool:
     return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every log record on one line, as every error is: the file and class names it holds may carry control characters."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()  # before any thread allocates
     from petal.cli.parser import build_parser  # here: the parser imports every command module
@@ -50,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a class or file name the console cannot encode is escaped, never a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     for chatty in ("absl", "tensorflow"):  # SavedModel notices ("Assets written to ...") during export
         logging.getLogger(chatty).setLevel(logging.ERROR)

@@ -172,7 +172,8 @@ def _print_label_issues(extra: dict) -> None:
 def _undo_move(manifest: Path) -> int:
     restored, already_back, problems = undo_move(manifest)
     if restored or not already_back:
-        print(f"Moved {counted(restored, 'file')} back" + (f"; {already_back} already were" if already_back else ""))
+        print(f"Moved {counted(restored, 'file')} back" +
+              (f"; {already_back} {'was' if already_back == 1 else 'were'} back already" if already_back else ""))
     else:
         print(f"Nothing to move back: the {counted(already_back, 'file')} {manifest} lists {'is' if already_back == 1 else 'are'} "
               f"back in place already")

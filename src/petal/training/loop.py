@@ -176,7 +176,7 @@ def _train(run: RunFolder, config: TrainConfig, entry, split: Split, start_epoch
             if config.fine_tune_blocks:
                 if start_epoch <= config.epochs:  # the head is trained; fine-tuning starts now
                     trainable = unfreeze_top_blocks(model, entry.block_pattern, config.fine_tune_blocks)
-                    log.info("fine-tuning the top %d blocks (%d trainable weights)", config.fine_tune_blocks, trainable)
+                    log.info("fine-tuning the top %s (%d trainable weights)", counted(config.fine_tune_blocks, "block"), trainable)
                     compile_for_training(model, config, len(data.train), replicas, fine_tuning=True)
                 fitted = fine_tuning_model(model)  # the same weights, the frozen bottom folded: faster epochs
                 if fitted is not model:
