@@ -98,3 +98,16 @@ def test_reading_every_cached_row_keeps_resident_memory_at_about_a_batch(tmp_pat
     for start in range(0, 800, 32):
         rows.gather(np.arange(start, min(start + 32, 800)))
     assert psutil.Process().memory_info().rss - before < 20e6
+
+
+def test_a_shard_cut_short_is_removed_and_its_images_decoded_again_not_an_error_mid_epoch(tmp_path, image_folder, caplog):
+    folder = index_folder(image_folder)
+    first = DecodeCache(tmp_path / "c", (16, 16)).load(folder)
+    pixels = first.gather(np.arange(len(first)))
+    (shard,) = (tmp_path / "c").rglob("shard-*.npy")
+    with open(shard, "r+b") as f:  # a disk fault, or an edit
+        f.truncate(shard.stat().st_size - 100)
+    with caplog.at_level(logging.WARNING):
+        again = DecodeCache(tmp_path / "c", (16, 16)).load(folder)
+    assert again.computed == len(folder) and "damaged" in caplog.text and not shard.exists()
+    assert np.array_equal(again.gather(np.arange(len(again))), pixels)

@@ -101,6 +101,19 @@ class CachedRows:
         return self._offsets[shard]
 
 
+def _whole_array(path: Path, rows: int) -> bool:
+    """Whether the .npy file at `path` holds `rows` rows in full (a disk fault or an edit can cut it short)."""
+    try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+        return bool(shape) and shape[0] == rows and path.stat().st_size == expected
+    except (OSError, ValueError):
+        return False
+
+
 class ShardStore:
     """Content-keyed rows in <dir>/shard-<id>.npy with their index shard-<id>.json
     ({"keys": [...], "failed": {key: reason}}), the JSON written last, so a shard whose JSON exists
@@ -125,6 +138,12 @@ class ShardStore:
                 log.warning("ignoring unreadable cache index %s", meta_path)
                 continue
             if meta["keys"] and not meta_path.with_suffix(".npy").exists():
+                continue
+            if meta["keys"] and not _whole_array(meta_path.with_suffix(".npy"), len(meta["keys"])):
+                log.warning("%s: damaged (shorter, or other rows than its index says): removed; its images are decoded again",
+                            meta_path.with_suffix(".npy"))
+                meta_path.unlink(missing_ok=True)  # the index first: an array without one is never read
+                meta_path.with_suffix(".npy").unlink(missing_ok=True)
                 continue
             shard = len(self.shard_names)
             self.shard_names.append(meta_path.stem)
