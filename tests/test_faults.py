@@ -168,6 +168,16 @@ def test_a_failed_atomic_write_names_the_file_the_caller_asked_for_not_its_scrat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no scratch file left beside it
 
 
+def test_a_folder_that_refuses_the_scratch_copy_is_named_by_the_target_too(tmp_path, monkeypatch):
+    def refuse(prefix, suffix, dir):  # a read-only folder (root writes anywhere, so it is simulated)
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "x" + suffix))
+
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", refuse)
+    with pytest.raises(PermissionError) as raised:
+        atomic.write_text(tmp_path / "grid.png", "text")
+    assert raised.value.filename == str(tmp_path / "grid.png")
+
+
 def test_running_out_of_memory_is_one_line_naming_the_size_settings(tmp_path, monkeypatch):
     import tensorflow as tf
 

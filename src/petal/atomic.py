@@ -66,19 +66,19 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a path with `target`'s name inside a scratch folder beside it; move it over `target` only if
     the block succeeds (after fsync), so `target` is either the old file or the whole new one."""
     target = Path(target)
-    with scratch_dir(f".{target.name}", target.parent) as scratch:
-        tmp_path = scratch / target.name
-        try:
+    try:  # the scratch folder's own making included: a folder that cannot be written is named as the target's
+        with scratch_dir(f".{target.name}", target.parent) as scratch:
+            tmp_path = scratch / target.name
             yield tmp_path
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp_path, target)
-        except OSError as exc:
-            if exc.errno in DISK_FULL_ERRNOS or exc.errno is None:  # NumPy reports a short write without errno
-                reason = os.strerror(exc.errno) if exc.errno else f"short write: {exc}"
-                raise DiskFullError(f"{target}: cannot be written ({reason}); "
-                                    f"{shutil.disk_usage(target.parent).free / 1e6:,.0f} MB free there") from None
-            raise type(exc)(exc.errno, exc.strerror, str(target)) from None  # named as the user knows it, not the scratch file
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS or exc.errno is None:  # NumPy reports a short write without errno
+            reason = os.strerror(exc.errno) if exc.errno else f"short write: {exc}"
+            raise DiskFullError(f"{target}: cannot be written ({reason}); "
+                                f"{shutil.disk_usage(target.parent).free / 1e6:,.0f} MB free there") from None
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from None  # named as the user knows it, not the scratch file
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
