@@ -60,6 +60,14 @@ def test_a_folder_whose_classes_differ_from_the_models_is_a_clear_error(exported
         evaluate(exported_run, data)
 
 
+def test_a_data_folder_that_is_not_there_is_one_line_naming_it_before_the_model_loads(exported_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "petal", "evaluate", str(exported_run), "--data", "nonexist"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == f"petal: error: {tmp_path / 'nonexist'}: not a folder (expected DIR/<class name>/<image files>, one sub-folder per class)\n"
+
+
 def test_evaluating_a_tflite_does_not_import_tensorflow(exported_run, tmp_path):
     code = (
         "import sys; from petal.cli import main; rc = main(['evaluate', sys.argv[1], '--out', sys.argv[2]]);"

@@ -19,7 +19,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data.cache import content_key
-from petal.data.index import ImageFolder, index_folder, is_inside, resolved
+from petal.data.index import EXPECTED_LAYOUT, ImageFolder, index_folder, is_inside, resolved
 from petal.errors import ConfigError, DataError, RunFolderError, printable
 from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.predict import PredictionError, Predictor
@@ -98,6 +98,10 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
     `.tflite`), as `petal predict` sees it. `progress`: a bar factory (petal.cli.common.progress_bar) over the images."""
     if top_k < 1 or mistakes < 0:
         raise ConfigError(f"top_k must be at least 1 and mistakes at least 0. Received: top_k={top_k}, mistakes={mistakes}")
+    if data_dir is not None:
+        data_dir = resolved(data_dir)  # named as petal train and petal data name it
+        if not data_dir.is_dir():  # said before the model (and TensorFlow, for a run folder) loads
+            raise DataError(f"{data_dir}: not a folder ({EXPECTED_LAYOUT})")
     predictor = Predictor.load(model_path)
     names = list(predictor.class_names)
     folder = evaluation_data(model_path, data_dir, names)
