@@ -114,8 +114,9 @@ def test_training_on_the_messy_folder_leaves_out_exactly_the_unreadable_files(me
     assert "left out 4 files that could not be decoded" in result.stderr
 
 
-def test_a_pixel_limit_below_one_is_refused_before_any_file_is_read(tmp_path):
+@pytest.mark.parametrize("max_pixels", [0, 178_956_971])  # past Pillow's own refusal (2 x MAX_IMAGE_PIXELS): never in effect
+def test_a_pixel_limit_that_cannot_take_effect_is_refused_before_any_file_is_read(tmp_path, max_pixels):
     make_folder(tmp_path, per_class=2)
     split = split_folder(index_folder(tmp_path), 0.5, 123)
-    with pytest.raises(ConfigError, match="max_pixels must be at least 1"):
-        examine(split, max_pixels=0)
+    with pytest.raises(ConfigError, match=r"max_pixels must be from 1 to 178,956,970 \(the most Pillow opens\)"):
+        examine(split, max_pixels=max_pixels)

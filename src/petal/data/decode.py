@@ -48,9 +48,11 @@ def largest_batch(size: tuple[int, int]) -> int:
 
 
 def check_pixel_limit(max_pixels: int) -> None:
-    """Refuse a limit below one before any file is read: every image would be called too large."""
-    if max_pixels < 1:
-        raise ConfigError(f"max_pixels must be at least 1. Received: max_pixels={max_pixels}")
+    """Refuse, before any file is read, a limit below one (every image would be called too large) or above the
+    most pixels Pillow opens at all (twice its MAX_IMAGE_PIXELS: a higher limit would never take effect)."""
+    most = 2 * Image.MAX_IMAGE_PIXELS
+    if not 1 <= max_pixels <= most:
+        raise ConfigError(f"max_pixels must be from 1 to {most:,} (the most Pillow opens). Received: max_pixels={max_pixels:,}")
 
 
 def decode_image(
