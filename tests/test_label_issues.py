@@ -417,3 +417,14 @@ def test_a_folder_too_small_for_label_issues_is_refused_before_anything_is_decod
     with pytest.raises(DataError, match="needs at least 2 usable images in every class and 11 in all; image files per class"):
         find_issues(load_split(root, val_split=0.5), cache_dir=tmp_path / "cache", backbone=tiny_backbone())
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_broken_link_flagged_unreadable_is_moved_as_a_link_and_put_back(messy, tmp_path):
+    from petal.data.doctor import Finding
+    from petal.data.quarantine import move_flagged, undo_move
+
+    photos = shutil.copytree(messy, tmp_path / "photos")
+    (photos / "red" / "gone.jpg").symlink_to(tmp_path / "no-such-photo.jpg")
+    manifest, moved = move_flagged([Finding("red/gone.jpg", "unreadable", "")], photos, tmp_path / "q", kinds=("unreadable",))
+    assert moved == 1 and (tmp_path / "q" / "red" / "gone.jpg").is_symlink() and not os.path.lexists(photos / "red" / "gone.jpg")
+    assert undo_move(manifest) == (1, 0, []) and (photos / "red" / "gone.jpg").is_symlink()

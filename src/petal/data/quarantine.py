@@ -56,8 +56,10 @@ def move_flagged(findings: Iterable[Finding], root: str | os.PathLike, quarantin
     for f in findings:
         if f.kind in kinds:
             kinds_of.setdefault(f.path, []).append(f.kind)
-    entries = [{"path": p, "kinds": sorted(set(k))} for p, k in sorted(kinds_of.items()) if (root / p).is_file()]
-    taken = [e["path"] for e in entries if (quarantine / e["path"]).exists()]
+    # a broken or looping link (an `unreadable` finding) is moved as the link it is
+    entries = [{"path": p, "kinds": sorted(set(k))} for p, k in sorted(kinds_of.items())
+               if (root / p).is_file() or (root / p).is_symlink()]
+    taken = [e["path"] for e in entries if os.path.lexists(quarantine / e["path"])]
     if taken:
         raise PetalError(f"{quarantine}: already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; choose another folder")
     locked = sorted({str((root / e["path"]).parent) for e in entries if not os.access((root / e["path"]).parent, os.W_OK | os.X_OK)})
@@ -115,13 +117,13 @@ def undo_move(manifest: str | os.PathLike) -> UndoResult:
     restored, already_back, problems = 0, 0, []
     for path in paths:
         source, target = quarantine / path, root / path
-        if not source.exists():
-            if target.exists():
+        if not os.path.lexists(source):  # lexists: a moved link may point nowhere
+            if os.path.lexists(target):
                 already_back += 1
             else:
                 problems.append(f"{path}: in neither {quarantine} nor {root}")
             continue
-        if target.exists():
+        if os.path.lexists(target):
             problems.append(f"{path}: {target} exists again; left in {quarantine}")
             continue
         if target.parent.exists() and not target.parent.is_dir():
