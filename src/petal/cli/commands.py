@@ -242,7 +242,7 @@ def _train(args, data_dir):
     resume = getattr(args, "resume", False)
     settings = {name: getattr(args, name, None) for name in SETTINGS}
     if settings["exclude"]:
-        settings["exclude"] = read_exclusion_list(settings["exclude"], data_dir)
+        settings["exclude"] = read_exclusion_list(settings["exclude"], resolved(data_dir))
     for name in ("image_size", "train_image_size"):
         settings[name] = tuple(getattr(args, name)) if getattr(args, name, None) else None
     on_ray = bool(getattr(args, "workers", None) or getattr(args, "address", None))
