@@ -7,6 +7,9 @@ target's name, so writers that pick a format from the extension (Keras `.keras`,
 NumPy `.npy`) behave as for the real name. A process killed mid-write leaves its scratch folder
 behind: `remove_partials` deletes those whose process is gone, and the commands call it on every
 folder they write to (run folders, export scratch space, caches, predict-batch output).
+
+`held` keeps a second command out of a folder one is writing (training, export, predict-batch output): an flock,
+which ends with its process however that ends.
 """
 
 from __future__ import annotations
