@@ -192,10 +192,10 @@ def test_running_out_of_memory_is_one_line_naming_the_size_settings(tmp_path, mo
     def exhausted(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[16000000,128]\nmore detail")
     monkeypatch.setattr(loop, "_train", exhausted)
-    config = TrainConfig(str(data), "tutorial", image_size=(4000, 4000), epochs=1)
+    config = TrainConfig(str(data), "tutorial", image_size=(4000, 4000), epochs=1, batch_size=8)  # 32 is past the batch bound there
     with pytest.raises(OutOfMemoryError) as raised:
         loop.train(config, tmp_path / "run", verbose=0)
-    assert str(raised.value) == ("out of memory training tutorial at image size 4000x4000, batch size 32 (OOM when allocating tensor "
+    assert str(raised.value) == ("out of memory training tutorial at image size 4000x4000, batch size 8 (OOM when allocating tensor "
                                  "with shape[16000000,128]): use a smaller --image-size or --batch-size in a new --out")
 
 
