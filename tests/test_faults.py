@@ -285,3 +285,59 @@ def test_a_run_folder_or_an_evaluation_inside_the_data_folder_is_refused_before_
     with pytest.raises(ConfigError, match="the evaluation must be written outside the data folder"):
         write_evaluation(evaluate(run), data / "red" / "evaluation", data)
     assert sorted(data.rglob("*")) == files  # no chart joins the red photos
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_lock_file_that_is_not_petals_own_is_refused_and_what_it_points_to_left_alone(tmp_path, planted):
+    from petal.errors import FolderInUseError
+
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    run.mkdir()
+    victim.write_text("IMPORTANT DATA")
+    if planted == "link":
+        (run / atomic.LOCK_NAME).symlink_to(victim)
+    else:
+        os.mkfifo(run / atomic.LOCK_NAME)
+    with pytest.raises(FolderInUseError, match=r"\.petal\.lock: .*remove it"):
+        with atomic.held(run, "train"):
+            pass
+    assert victim.read_text() == "IMPORTANT DATA" and os.path.lexists(run / atomic.LOCK_NAME)
+
+
+def test_the_folders_a_hold_made_are_removed_when_nothing_was_written(tmp_path):
+    with atomic.held(tmp_path / "a" / "b" / "c", "train"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_validation_loss_that_is_not_a_number_stops_training_too(tmp_path):
+    from petal.errors import DivergedError
+    from petal.training.checkpoints import RunRecorder
+
+    recorder = RunRecorder(RunFolder(tmp_path / "run"))
+    with pytest.raises(DivergedError, match=r"the validation loss is nan at epoch 3, .*or --precision float32"):
+        recorder.record_epochs(None, [{"loss": 0.5, "val_loss": float("nan")}], [1.0], first_epoch=2)
+
+
+def test_a_resume_of_a_run_that_trained_no_epoch_may_change_the_settings_that_stopped_it(tmp_path):
+    from petal.errors import RunFolderError
+    from petal.training.loop import train
+
+    data = make_folder(tmp_path / "photos", per_class=6)
+    settings = dict(epochs=1, image_size=(16, 16), batch_size=8, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(RunFolderError, match="no decodable images"):
+        train(TrainConfig.for_model(str(data), "tutorial", max_pixels=1, **settings), tmp_path / "run", verbose=0)
+    resumed = train(TrainConfig.for_model(str(data), "tutorial", **settings), tmp_path / "run", resume=True, verbose=0)
+    assert len(resumed.history["val_accuracy"]) == 1
+
+
+def test_a_cache_index_of_another_shape_is_ignored_and_its_images_decoded_again(tmp_path, caplog):
+    import logging
+
+    folder = load_split(make_folder(tmp_path / "photos", per_class=3), 0.2, 123).train
+    DecodeCache(tmp_path / "cache", (16, 16)).load(folder)
+    for index in (tmp_path / "cache").rglob("shard-*.json"):
+        index.write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        again = DecodeCache(tmp_path / "cache", (16, 16)).load(folder)
+    assert again.computed == len(folder) and "ignoring unreadable cache index" in caplog.text

@@ -776,3 +776,10 @@ def test_kind8_a_warning_naming_a_folder_with_a_line_break_is_one_line(tmp_path)
     warning = [line for line in result.stderr.splitlines() if "not followed" in line]
     assert len(warning) == 1 and "link\\nEVIL: a fake line" in warning[0]
     assert not any(line.startswith("EVIL") for line in result.stderr.splitlines())
+
+
+def test_kind8_every_line_break_python_knows_is_escaped_in_a_message():
+    from petal.errors import printable
+
+    name = "a\nb\rc\x1bd\x85e\u2028f\u2029g"
+    assert len(printable(name).splitlines()) == 1 and len(name.splitlines()) > 1

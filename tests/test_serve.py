@@ -328,7 +328,7 @@ def test_a_file_that_is_not_an_image_gets_its_error_and_no_broken_preview(server
         assert not page.locator("#preview").is_visible()
 
 
-@pytest.mark.parametrize("options", [["--max-upload-mb", "inf"], ["--host", "256.1.1.1"], "port in use"])
+@pytest.mark.parametrize("options", [["--max-upload-mb", "inf"], ["--max-upload-mb", "1e308"], ["--host", "256.1.1.1"], "port in use"])
 def test_an_address_or_limit_the_server_cannot_take_is_one_line_before_serving(tflite, options):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -135,11 +136,17 @@ def held(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         FolderInUseError: another process holds it (named by its pid and command).
     """
     folder = Path(folder)
-    made = not folder.exists()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first: removed in that order
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a planted .petal.lock -> elsewhere would be truncated and written
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            raise FolderInUseError(f"{path}: cannot be used as petal's lock file ({exc.strerror or exc}); remove it") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FolderInUseError(f"{path}: not a regular file, so not petal's lock file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -159,6 +166,6 @@ def held(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
-            if made:
-                folder.rmdir()  # only if empty
+            for made_folder in made:
+                made_folder.rmdir()  # only if empty: stops at the first that holds something
         os.close(fd)

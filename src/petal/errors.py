@@ -70,7 +70,9 @@ class ModelFileError(PetalError):
     input size) disagrees with the model inside it; names the file."""
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+# C0 and C1 controls, and the line and paragraph separators (U+2028/9) that terminals and str.splitlines break at
+_CONTROL = ({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+            | {0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
 def printable(text: str) -> str:

@@ -134,12 +134,13 @@ class ShardStore:
         for meta_path in sorted(self.dir.glob("shard-*.json")):
             try:
                 meta = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
+                keys, failed = list(meta["keys"]), dict(meta.get("failed", {}))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged, or JSON of another shape
                 log.warning("ignoring unreadable cache index %s", meta_path)
                 continue
-            if meta["keys"] and not meta_path.with_suffix(".npy").exists():
+            if keys and not meta_path.with_suffix(".npy").exists():
                 continue
-            if meta["keys"] and not _whole_array(meta_path.with_suffix(".npy"), len(meta["keys"])):
+            if keys and not _whole_array(meta_path.with_suffix(".npy"), len(keys)):
                 log.warning("%s: damaged (shorter, or other rows than its index says): removed; its images are decoded again",
                             meta_path.with_suffix(".npy"))
                 meta_path.unlink(missing_ok=True)  # the index first: an array without one is never read
@@ -147,9 +148,9 @@ class ShardStore:
                 continue
             shard = len(self.shard_names)
             self.shard_names.append(meta_path.stem)
-            for row, key in enumerate(meta["keys"]):
+            for row, key in enumerate(keys):
                 self.index.setdefault(key, (shard, row))
-            self.failed.update(meta.get("failed", {}))
+            self.failed.update(failed)
 
     def _remove_orphans(self) -> None:
         """Shard arrays whose index was never written because their writer was killed between the two

@@ -46,9 +46,10 @@ class Calibration:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(N, classes) float logits -> calibrated (N, classes) float32 probabilities."""
         scaled = np.asarray(logits, dtype=np.float64) / self.temperature
-        scaled -= scaled.max(axis=-1, keepdims=True)
-        exp = np.exp(scaled)
-        return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+        with np.errstate(invalid="ignore"):  # a broken model's NaN rows stay NaN, and the caller names them
+            scaled -= scaled.max(axis=-1, keepdims=True)
+            exp = np.exp(scaled)
+            return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
     @property
     def calibrated(self) -> bool:

@@ -163,10 +163,12 @@ class RunRecorder(keras.callbacks.Callback):
                 last good epoch).
         """
         for number, logs in enumerate(epochs, start=first_epoch + 1):
-            loss = float(logs.get("loss", 0.0))
-            if not math.isfinite(loss):
-                raise DivergedError(f"training diverged: the loss is {loss} at epoch {number}, and the weights are no longer numbers; "
-                                    f"train again with a lower --learning-rate, into a new --out")
+            for key in ("loss", "val_loss"):  # validation's: weights that broke in the epoch's last step
+                value = float(logs.get(key, 0.0))
+                if not math.isfinite(value):
+                    raise DivergedError(f"training diverged: the {key.replace('_', ' ').replace('val', 'validation')} is {value} at "
+                                        f"epoch {number}, and the weights are no longer numbers; train again with a lower "
+                                        f"--learning-rate (or --precision float32), into a new --out")
         last = first_epoch + len(epochs)
         name = f"epoch-{last:04d}.keras"
         self.run.save_checkpoint(model, name)

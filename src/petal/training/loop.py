@@ -438,14 +438,14 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
     epoch was recorded is started again by --resume, whatever of its start it had written."""
     if resume:
         saved = run.config().to_dict()
+        if not run.state()["epochs_done"]:  # nothing trained: the settings given may differ (a start that failed on them)
+            log.info("%s: no epoch had been recorded; starting the run again", run.path)
+            return make_split(config), 0
         given = config.to_dict()
         changed = [f"{k} (saved {v!r}, given {given[k]!r})" for k, v in saved.items() if given[k] != v and k not in RESULT_NEUTRAL_SETTINGS]
         if changed:
             raise RunFolderError(f"{run.path}: cannot resume with different settings: {'; '.join(changed)}. "
                                  f"Leave those options out to keep the run's own")
-        if not run.state()["epochs_done"]:
-            log.info("%s: no epoch had been recorded; starting the run again", run.path)
-            return make_split(config), 0
         split = Split(run.split("train"), run.split("validation"), "recorded", config.val_split, config.seed)
         done = run.state()["epochs_done"]
         if len(run.history_rows()) < done:
