@@ -115,6 +115,16 @@ def test_a_source_with_nothing_to_predict_leaves_no_output_and_the_corrected_com
     assert record["files"] == 63
 
 
+def test_names_with_line_breaks_or_bytes_that_are_not_utf8_are_listed_whole(tmp_path):
+    odd = tmp_path / "odd"
+    names = ["a\nb.jpg", "c\rd\u2028e.jpg", os.fsdecode(b"\xff.jpg"), "plain.jpg"]
+    for name in names:
+        make_image(odd / name, (200, 30, 30), seed=1)
+    record = BatchFolder(tmp_path / "out").prepare({"model": "a", "source": str(odd)}, str(odd), part_size=16, overwrite=False)
+    assert record["files"] == 4
+    assert BatchFolder(tmp_path / "out").part_paths(0) == [str(odd / name) for name in sorted(names)]
+
+
 def test_a_listing_killed_before_it_completed_is_taken_over_by_another_source(tmp_path, model_and_photos):
     _, photos = model_and_photos
     out = tmp_path / "out"

@@ -35,7 +35,7 @@ MAX_BLOCKS = 10_000  # Ray Data blocks of part numbers: one part each, up to thi
 # is a Parquet dataset: pyarrow.parquet.read_table(OUT) and pandas.read_parquet(OUT) read every part.
 RECORD = "_batch.json"
 MANIFEST = "_manifest"
-SCHEMA_VERSION = 2  # 2: the "sure" column (calibrated "not sure")
+SCHEMA_VERSION = 3  # 2: the "sure" column (calibrated "not sure"); 3: manifest parts hold a JSON string a line
 
 
 @dataclass
@@ -122,6 +122,14 @@ class BatchFolder:
     def manifest_part(self, part: int) -> Path:
         return self.path / MANIFEST / f"part-{part:06d}.txt"
 
+    def part_paths(self, part: int) -> list[str]:
+        """The paths of part `part`, as listed: one JSON string a line, so a name may hold a line break (and a name
+        that is not UTF-8 keeps its bytes, as surrogate escapes)."""
+        return [json.loads(line) for line in self.manifest_part(part).read_text(encoding="ascii").split("\n") if line]
+
+    def _write_part(self, part: int, paths: list[str]) -> None:
+        atomic.write_text(self.manifest_part(part), "".join(json.dumps(p) + "\n" for p in paths))
+
     def output_part(self, part: int) -> Path:
         return self.path / f"part-{part:06d}.parquet"
 
@@ -167,10 +175,10 @@ class BatchFolder:
             chunk.append(path)
             files += 1
             if len(chunk) == part_size:
-                atomic.write_text(self.manifest_part(part), "\n".join(chunk) + "\n")
+                self._write_part(part, chunk)
                 part, chunk = part + 1, []
         if chunk:
-            atomic.write_text(self.manifest_part(part), "\n".join(chunk) + "\n")
+            self._write_part(part, chunk)
             part += 1
         if not files:
             raise ConfigError(f"{source}: no image files found")
@@ -205,8 +213,7 @@ class PartPredictor:
 
         from petal.runtime.predict import PredictionError
 
-        # As written (petal.atomic.write_text): exact bytes of non-UTF-8 names; "\n" only, names may hold \r or \u2028.
-        paths = [p for p in self.folder.manifest_part(part).read_bytes().decode("utf-8", "surrogateescape").split("\n") if p]
+        paths = self.folder.part_paths(part)
         rows = {"path": [], "label": [], "confidence": [], "sure": [], "top_labels": [], "top_probabilities": [], "error": []}
         for result in self.predictor.predict(paths, top_k=self.top_k, batch_size=self.batch_size):
             rows["path"].append(result.source)
