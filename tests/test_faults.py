@@ -82,8 +82,11 @@ def test_resume_may_move_the_cache_but_not_change_what_is_trained(tmp_path):
     moved = TrainConfig.from_dict({**config.to_dict(), "cache_dir": str(tmp_path / "b")})
     split, start_epoch = plan_run(run, moved, resume=True)  # no epoch recorded yet: starts again
     assert start_epoch == 0 and len(split.train.paths) + len(split.validation.paths) == 12
+    longer = TrainConfig.from_dict({**config.to_dict(), "epochs": 3})
+    assert plan_run(run, longer, resume=True)[1] == 0  # nothing trained yet: any settings start it again
+    run.write_state({"epochs_done": 1, "model": "epoch-0001.keras", "best_epoch": 1, "best_val_accuracy": 0.5})
     with pytest.raises(Exception, match="cannot resume with different settings.*epochs"):
-        plan_run(run, TrainConfig.from_dict({**config.to_dict(), "epochs": 3}), resume=True)
+        plan_run(run, longer, resume=True)
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_resume_then_finishes(tmp_path):
