@@ -19,7 +19,7 @@ import numpy as np
 
 from petal import atomic
 from petal.data.cache import content_key
-from petal.data.index import EXPECTED_LAYOUT, ImageFolder, index_folder, is_inside, resolved
+from petal.data.index import ImageFolder, index_folder, is_inside, resolved
 from petal.errors import ConfigError, DataError, RunFolderError, printable
 from petal.run_folder import SCHEMA_VERSION, RunFolder
 from petal.runtime.predict import PredictionError, Predictor
@@ -75,15 +75,14 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def evaluation_data(model_path: str | os.PathLike, data_dir: str | os.PathLike | None, class_names) -> ImageFolder:
-    """The images to evaluate on: `data_dir` (classes matched by name), or the run's validation split."""
-    if data_dir is not None:
-        folder = index_folder(data_dir)
+def evaluation_data(model_path: str | os.PathLike, folder: ImageFolder | None, class_names) -> ImageFolder:
+    """The images to evaluate on: `folder` (classes matched by name), or the run's validation split."""
+    if folder is not None:
         differences = [f"{what}: {', '.join(names)}" for what, names in (
             ("unknown", sorted(set(folder.class_names) - set(class_names))),
             ("missing", sorted(set(class_names) - set(folder.class_names)))) if names]
         if differences:
-            raise DataError(f"{data_dir}: its classes must be the model's ({', '.join(class_names)}); " + "; ".join(differences))
+            raise DataError(f"{folder.root}: its classes must be the model's ({', '.join(class_names)}); " + "; ".join(differences))
         remap = np.array([class_names.index(name) for name in folder.class_names], dtype=np.int32)
         return ImageFolder(folder.root, tuple(class_names), folder.paths, remap[folder.labels])
     run = run_of(Path(model_path))
@@ -98,13 +97,12 @@ def evaluate(model_path: str | os.PathLike, data_dir=None, top_k: int = 3, mista
     `.tflite`), as `petal predict` sees it. `progress`: a bar factory (petal.cli.common.progress_bar) over the images."""
     if top_k < 1 or mistakes < 0:
         raise ConfigError(f"top_k must be at least 1 and mistakes at least 0. Received: top_k={top_k}, mistakes={mistakes}")
-    if data_dir is not None:
-        data_dir = resolved(data_dir)  # named as petal train and petal data name it
-        if not data_dir.is_dir():  # said before the model (and TensorFlow, for a run folder) loads
-            raise DataError(f"{data_dir}: not a folder ({EXPECTED_LAYOUT})")
+    # indexed before the model (and TensorFlow, for a run folder) loads: a folder that cannot be used is said first,
+    # named as petal train and petal data name it
+    data = index_folder(resolved(data_dir)) if data_dir is not None else None
     predictor = Predictor.load(model_path)
     names = list(predictor.class_names)
-    folder = evaluation_data(model_path, data_dir, names)
+    folder = evaluation_data(model_path, data, names)
     k = len(names)
     confusion = np.zeros((k, k), dtype=np.int64)
     in_top_k = 0
