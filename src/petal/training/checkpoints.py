@@ -21,6 +21,24 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0  # how often a training process records its wall time
 
 
+def _read_time_record(path) -> dict:
+    """checkpoint/clock.json or checkpoint/timings.json as written; {} for a fresh run, one from before the record,
+    or a damaged record (which only costs the time it held)."""
+    try:
+        return read_json(path) if path.exists() else {}
+    except RunFolderError:
+        return {}
+
+
+def _write_time_record(run: RunFolder, path, values: dict) -> None:
+    if not run.config_path.exists():  # before write_start: a folder --resume could not read
+        return
+    try:
+        atomic.write_json(path, values)
+    except OSError:  # a full disk: the training itself says so, in one line
+        pass
+
+
 class RunClock:
     """A run's wall time across the processes that trained it (`petal train`, then each `--resume`), kept in
     checkpoint/clock.json: what the earlier processes spent, plus this one's since the clock was made. While it
@@ -30,9 +48,9 @@ class RunClock:
     def __init__(self, run: RunFolder):
         self.run = run
         self.path = run.checkpoint_dir / "clock.json"
-        try:  # nothing there: a fresh run, or one from before the clock; a damaged record only costs the time
-            self.earlier = float(read_json(self.path)["seconds"]) if self.path.exists() else 0.0
-        except (RunFolderError, KeyError, TypeError, ValueError):
+        try:
+            self.earlier = float(_read_time_record(self.path).get("seconds", 0.0))
+        except (TypeError, ValueError):
             self.earlier = 0.0
         self.started = time.time()
         self._stopped = threading.Event()
@@ -55,12 +73,7 @@ class RunClock:
             self._write()
 
     def _write(self) -> None:
-        if not self.run.config_path.exists():  # before write_start: a folder --resume could not read
-            return
-        try:
-            atomic.write_json(self.path, {"seconds": round(self.seconds(), 1)})
-        except OSError:  # a full disk: the training itself says so, in one line
-            pass
+        _write_time_record(self.run, self.path, {"seconds": round(self.seconds(), 1)})
 
 
 class StageTimings:
@@ -71,10 +84,9 @@ class StageTimings:
     def __init__(self, run: RunFolder):
         self.run = run
         self.path = run.checkpoint_dir / "timings.json"
-        try:  # nothing there: a fresh run, or one from before; a damaged record only costs the earlier stages' times
-            earlier = read_json(self.path) if self.path.exists() else {}
-            self.seconds = {str(stage): float(value) for stage, value in earlier.items()}
-        except (RunFolderError, AttributeError, TypeError, ValueError):
+        try:
+            self.seconds = {str(stage): float(value) for stage, value in _read_time_record(self.path).items()}
+        except (TypeError, ValueError):
             self.seconds = {}
 
     @contextlib.contextmanager
@@ -85,18 +97,15 @@ class StageTimings:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
-            if self.run.config_path.exists():  # before write_start: not a run folder yet
-                try:
-                    atomic.write_json(self.path, self.rounded())
-                except OSError:  # a full disk: the training itself says so, in one line
-                    pass
+            _write_time_record(self.run, self.path, self.rounded())
 
     def rounded(self) -> dict[str, float]:
         return {stage: round(value, 3) for stage, value in self.seconds.items()}
 
 
 class EpochSeconds(keras.callbacks.Callback):
-    """Each epoch's wall seconds, for a fit whose epochs are recorded when it ends (the head's, on embeddings)."""
+    """Each epoch's wall seconds: for a fit whose epochs are recorded when it ends (the head's, on embeddings), and
+    RunRecorder's own."""
 
     def __init__(self):
         super().__init__()
@@ -109,7 +118,7 @@ class EpochSeconds(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.started)
 
 
-class RunRecorder(keras.callbacks.Callback):
+class RunRecorder(EpochSeconds):
     """After each epoch: checkpoint (and best.keras when val accuracy improved), then history, then
     state.json, which commits them. With `patience`, stops after that many epochs without improvement."""
 
@@ -121,8 +130,6 @@ class RunRecorder(keras.callbacks.Callback):
         # Keras's own epoch lines (fit's verbose 1 or 2) hold the metrics: then only the ETA is logged, before the next
         # epoch's line (callbacks run before Keras's logger, so at an epoch's end it would come before that epoch's line)
         self.keras_prints_epochs = keras_prints_epochs
-        self.started = time.perf_counter()
-        self.fit_epoch_seconds: list[float] = []
 
     def best_model(self) -> keras.Model:
         best = self.run.state()
@@ -130,17 +137,17 @@ class RunRecorder(keras.callbacks.Callback):
         return load_keras_model(self.run.checkpoint_dir / "best.keras")
 
     def on_train_begin(self, logs=None):
-        self.fit_epoch_seconds = []  # this fit's epochs: its first one also traces the graph
+        self.seconds = []  # this fit's epochs: its first one also traces the graph
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
+        super().on_epoch_begin(epoch, logs)
         if self.keras_prints_epochs and (left := self._time_left(epoch)):
             log.info("the run ends in about %s", left)
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.started
+        super().on_epoch_end(epoch, logs)
+        seconds = self.seconds[-1]
         self.record_epochs(self.model, [logs or {}], [seconds], first_epoch=epoch)
-        self.fit_epoch_seconds.append(seconds)
         if not self.keras_prints_epochs and self.total_epochs and epoch + 1 < self.total_epochs:
             left = self._time_left(epoch + 1)
             log.info("epoch %d of %d: val accuracy %.4f, %.0f s%s", epoch + 1, self.total_epochs,
@@ -149,9 +156,9 @@ class RunRecorder(keras.callbacks.Callback):
     def _time_left(self, next_epoch: int) -> str | None:
         """The time epochs next_epoch.. (0-based) should take, from this fit's epochs after its first (whose
         tracing would double the estimate); None before there are two, or with none left."""
-        if not self.total_epochs or next_epoch >= self.total_epochs or len(self.fit_epoch_seconds) < 2:
+        if not self.total_epochs or next_epoch >= self.total_epochs or len(self.seconds) < 2:
             return None
-        left = (self.total_epochs - next_epoch) * sum(self.fit_epoch_seconds[1:]) / (len(self.fit_epoch_seconds) - 1)
+        left = (self.total_epochs - next_epoch) * sum(self.seconds[1:]) / (len(self.seconds) - 1)
         return f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
 
     def record_epochs(self, model: keras.Model, epochs: list[dict], seconds: list[float], first_epoch: int = 0) -> None:
