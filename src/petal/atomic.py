@@ -125,6 +125,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def contents(folder: str | os.PathLike) -> list[Path]:
+    """What `folder` holds, without the lock file `held` puts there: what "empty" means for a held folder."""
+    return [p for p in Path(folder).iterdir() if p.name != LOCK_NAME]
+
+
 @contextlib.contextmanager
 def held(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     """Hold `folder` for this process while the block runs, so a second command that would write there is

@@ -94,20 +94,24 @@ class CachedRows:
     def _data_offset(self, shard: int, f) -> int:
         """Where the rows of a shard's .npy file start (after NumPy's header), read once per shard."""
         if shard not in self._offsets:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            read_header(f)  # leaves the file at the first row
+            _read_npy_header(f)  # leaves the file at the first row
             self._offsets[shard] = f.tell()
         return self._offsets[shard]
+
+
+def _read_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the .npy file open in `f`, which is left at its first row."""
+    major, _ = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    return shape, dtype
 
 
 def _whole_array(path: Path, rows: int) -> bool:
     """Whether the .npy file at `path` holds `rows` rows in full (a disk fault or an edit can cut it short)."""
     try:
         with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
+            shape, dtype = _read_npy_header(f)
             expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
         return bool(shape) and shape[0] == rows and path.stat().st_size == expected
     except (OSError, ValueError):

@@ -150,13 +150,11 @@ class BatchFolder:
                     f"{self.path}: holds predictions of another {' and '.join(changed)}; pass --overwrite to replace them"
                 )
             record = None
-        held_by_us = self.path / atomic.LOCK_NAME
-        if record is None and self.path.exists() and any(p != held_by_us for p in self.path.iterdir()):
+        if record is None and self.path.exists() and atomic.contents(self.path):
             if not (self.path / RECORD).exists():  # not ours: never emptied, --overwrite or not
                 raise RunFolderError(f"{self.path}: exists and is not a predict-batch output (no {RECORD}); choose another --out")
-            for item in self.path.iterdir():
-                if item != held_by_us:
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+            for item in atomic.contents(self.path):
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
         if record is None or "parts" not in record:
             atomic.write_json(self.path / RECORD, {"identity": identity})  # ours from here: a killed listing is redone
             try:

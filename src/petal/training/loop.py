@@ -452,7 +452,7 @@ def plan_run(run: RunFolder, config: TrainConfig, resume: bool) -> tuple[Split, 
             raise RunFolderError(f"{run.history_path}: damaged: {len(run.history_rows())} epochs recorded, checkpoint/state.json "
                                  f"says {done}; train again into a new --out")
         return split, done
-    if run.path.exists() and any(p.name != atomic.LOCK_NAME for p in run.path.iterdir()):
+    if run.path.exists() and atomic.contents(run.path):
         raise RunFolderError(
             f"{run.path}: run folder already exists and is not empty; pass --resume to continue it or choose another --out"
         )
