@@ -148,11 +148,12 @@ def cmd_serve(args) -> int:
         import uvicorn
 
         from petal.runtime import serve
-    if not 0 <= args.port <= 65535 or not 0 < args.max_upload_mb * 1024 * 1024 < float("inf"):  # 1e308 MB is inf bytes
+    max_upload_bytes = args.max_upload_mb * 1024 * 1024
+    if not 0 <= args.port <= 65535 or not 0 < max_upload_bytes < float("inf"):  # 1e308 MB is inf bytes
         raise PetalError(f"--port must be in 0..65535 and --max-upload-mb a positive number. Received: --port {args.port}, "
                          f"--max-upload-mb {args.max_upload_mb}")
     with native_log_silenced():
-        app = serve.create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), decodes=args.decodes,
+        app = serve.create_app(args.model, max_upload_bytes=int(max_upload_bytes), decodes=args.decodes,
                                timeout_s=args.timeout, max_pixels=args.max_pixels)
     listener = serve.listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
